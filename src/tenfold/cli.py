@@ -1,0 +1,129 @@
+"""The ``tenfold`` command line.
+
+``tenfold fit|validate|test|predict --config RECIPE.yaml [--dotted.key value ...]`` trains and evaluates through
+LightningCLI; ``demo``, ``bench``, ``info`` and ``repeat`` are tenfold's own commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["main"]
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+_USAGE = """usage: tenfold COMMAND [ARGS]
+
+Training and evaluation (LightningCLI; `tenfold fit --help` lists every key):
+  fit        train a recipe:  tenfold fit --config configs/classification/tiny.yaml [--trainer.max_steps 100]
+  validate   evaluate on the validation split (--ckpt_path FILE)
+  test       evaluate on the test split (--ckpt_path FILE)
+  predict    run prediction
+
+tenfold commands:
+  demo       run every method's demo on built-in data and write runs/demo-<time>/report.md
+  bench      run a benchmark (speed, memory, FLOPs as ratios): tenfold bench --list
+  info       versions, threads, devices and what is installed
+  repeat     run a recipe once per seed and report mean and std: tenfold repeat --seeds 0,1,2 -- fit --config ...
+
+Run `tenfold COMMAND --help` for the options of a command; set TENFOLD_DEBUG=1 for full tracebacks.
+"""
+
+
+def _demo(argv: list[str]) -> int:
+    from tenfold.engine.demo import list_demos, run_demos
+
+    parser = argparse.ArgumentParser(
+        prog="tenfold demo",
+        description="Run each registered method demo on built-in data (CPU, minutes) and write a markdown report "
+        "with a table and plots under runs/demo-<time>/.",
+    )
+    parser.add_argument("--only", action="append", help="run only this demo (repeatable)")
+    parser.add_argument("--out", help="report folder (must not exist; default runs/demo-<time>)")
+    parser.add_argument("--full", action="store_true", help="train longer (10x the time budgets)")
+    parser.add_argument("--list", action="store_true", help="list the registered demos and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(list_demos()))
+        return 0
+    run_demos(only=args.only, out=args.out, full=args.full)
+    return 0
+
+
+def _bench(argv: list[str]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tenfold.bench import list_benches, run_bench
+
+    parser = argparse.ArgumentParser(
+        prog="tenfold bench",
+        description="Run a benchmark: parameters, multiply-adds, throughput or memory, printed as ratios against a "
+        "baseline measured in the same run.",
+    )
+    parser.add_argument("name", nargs="?", help="benchmark name (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the registered benchmarks")
+    parser.add_argument("--quick", action="store_true", help="fewer timed runs (for smoke checks)")
+    args = parser.parse_args(argv)
+    if args.list or not args.name:
+        for name, desc in list_benches().items():
+            print(f"{name:20s} {desc}")
+        return 0
+    rows = run_bench(args.name, quick=args.quick)
+    table = Table(title=f"tenfold bench {args.name}")
+    keys = list(rows[0]) if rows else []
+    for key in keys:
+        table.add_column(key)
+    for row in rows:
+        table.add_row(*(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys))
+    Console().print(table)
+    return 0
+
+
+def _info(argv: list[str]) -> int:
+    from tenfold.utils.info import collect_info
+
+    parser = argparse.ArgumentParser(
+        prog="tenfold info", description="Print versions, threads, devices and which optional packages are installed."
+    )
+    parser.parse_args(argv)
+    for key, value in collect_info().items():
+        print(f"{key:28s} {value}")
+    return 0
+
+
+def _repeat(argv: list[str]) -> int:
+    from tenfold.engine.repeat import repeat_main
+
+    return repeat_main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tenfold`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    commands = {"demo": _demo, "bench": _bench, "info": _info, "repeat": _repeat}
+    if command not in commands and command not in LIGHTNING_COMMANDS:
+        print(f"tenfold: unknown command {command!r}\n\n{_USAGE}", file=sys.stderr)
+        return 2
+    try:
+        if command in LIGHTNING_COMMANDS:
+            from tenfold.engine.lightning_cli import run_lightning_cli
+
+            run_lightning_cli(argv)
+            return 0
+        return commands[command](rest)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        if os.environ.get("TENFOLD_DEBUG"):
+            raise
+        print(f"tenfold {command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

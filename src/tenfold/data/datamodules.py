@@ -1,0 +1,206 @@
+"""Lightning data modules: the glue between datasets and the trainer.
+
+A data module picks a dataset by name (built-in generators, scikit-learn digits, or real data from disk), builds
+seeded resumable samplers sharded by rank (:mod:`tenfold.data.sampling`), and augments and normalises whole batches
+on the device (:mod:`tenfold.data.augment`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import Dataset
+
+from tenfold.data.augment import CropFlip
+from tenfold.data.sampling import EpochSampler, ResumableDataLoader
+
+__all__ = ["ClassificationData", "IndexedDataset"]
+
+_STATS = {
+    "builtin": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    "digits": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+class IndexedDataset(Dataset):
+    """Wrap a ``(image, label)`` dataset so that items are ``(image, label, index)``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
+        image, label = self.dataset[index]
+        return image, label, index
+
+
+class ClassificationData(pl.LightningDataModule):
+    """Image classification data: built-in scenes, digits, CIFAR-10/100 or an ImageFolder tree.
+
+    Args:
+        dataset: ``builtin`` (procedural 32x32 scenes, no download), ``digits`` (scikit-learn's bundled digits),
+            ``cifar10``/``cifar100`` (the python-pickle layout under ``root``), or ``imagefolder``
+            (``root/<split>/<class>/<image>``).
+        root: folder of the real dataset; required for ``cifar10``, ``cifar100`` and ``imagefolder``.
+        num_classes: classes of the built-in generator (10 to 100); read from the data for the others.
+        train_size: training images generated (``builtin`` only).
+        val_size: validation images generated (``builtin`` only).
+        test_size: test images generated (``builtin`` only).
+        image_size: side of the (square) images fed to the model.
+        batch_size: images per step and per process.
+        eval_batch_size: images per validation/test step (default: ``batch_size``).
+        num_workers: data-loader worker processes.
+        augment: random crop (padding 4) and horizontal flip during training.
+        data_seed: seed of the built-in generators (which task is generated).
+        shuffle_seed: seed of the per-epoch training order and augmentation.
+
+    Raises:
+        ValueError: an unknown dataset name or a missing ``root``.
+        FileNotFoundError: ``root`` does not hold the expected layout (raised in :meth:`setup`).
+    """
+
+    def __init__(
+        self,
+        dataset: Literal["builtin", "digits", "cifar10", "cifar100", "imagefolder"] = "builtin",
+        root: str | None = None,
+        num_classes: int = 10,
+        train_size: int = 5000,
+        val_size: int = 1000,
+        test_size: int = 1000,
+        image_size: int = 32,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        augment: bool = True,
+        data_seed: int = 0,
+        shuffle_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dataset not in _STATS:
+            raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(_STATS)}")
+        if dataset in ("cifar10", "cifar100", "imagefolder") and not root:
+            raise ValueError(f"dataset {dataset!r} reads from disk: set data.root to its folder")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.save_hyperparameters()
+        self.dataset_name = dataset
+        self.root = root
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        self.shuffle_seed = shuffle_seed
+        self._num_classes = {"cifar10": 10, "cifar100": 100, "digits": 10}.get(dataset, num_classes)
+        mean, std = _STATS[dataset]
+        self.register_mean_std(mean, std)
+        self._splits: dict[str, Dataset] = {}
+        self._crop_flip: CropFlip | None = None
+
+    def register_mean_std(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        """Set the per-channel normalisation applied to every batch."""
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the selected dataset."""
+        return self._num_classes
+
+    def _build(self, split: str) -> Dataset:
+        hp = self.hparams
+        if self.dataset_name == "builtin":
+            from tenfold.data.builtin import BuiltinClassification
+
+            size = {"train": hp.train_size, "val": hp.val_size, "test": hp.test_size}[split]
+            return BuiltinClassification(
+                split=split, num_classes=hp.num_classes, size=size, seed=hp.data_seed, image_size=hp.image_size
+            )
+        if self.dataset_name == "digits":
+            from tenfold.data.builtin import DigitsClassification
+
+            return DigitsClassification(split=split, seed=hp.data_seed, image_size=hp.image_size)
+        from tenfold.data import readers
+
+        if self.dataset_name in ("cifar10", "cifar100"):
+            return readers.cifar(self.root, split=split, num_classes=self.num_classes)
+        from torchvision.transforms import v2
+
+        transform = v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Resize(self.image_size, antialias=True),
+                v2.CenterCrop(self.image_size),
+                v2.ToDtype(torch.float32, scale=True),
+            ]
+        )
+        dataset = readers.image_folder(self.root, split=split, transform=transform)
+        self._num_classes = len(dataset.classes)  # type: ignore[attr-defined]
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the splits a stage needs (cached, so repeated calls are free)."""
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in wanted.get(stage or "fit", ("train", "val", "test")):
+            if split not in self._splits:
+                self._splits[split] = IndexedDataset(self._build(split))
+        if "train" in self._splits and self.augment and self._crop_flip is None:
+            self._crop_flip = CropFlip(len(self._splits["train"]), padding=4, seed=self.shuffle_seed)
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _progress(self) -> tuple[int, int]:
+        trainer = self.trainer
+        assert trainer is not None
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Shuffled, rank-sharded, resumable loader of the training split."""
+        rank, world = self._rank_world()
+        dataset = self._splits["train"]
+        sampler = EpochSampler(
+            len(dataset), shuffle=True, seed=self.shuffle_seed, rank=rank, world_size=world, drop_last=True
+        )
+        return ResumableDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            progress=self._progress,
+        )
+
+    def _eval_loader(self, split: str) -> torch.utils.data.DataLoader:
+        rank, world = self._rank_world()
+        dataset = self._splits[split]
+        sampler = EpochSampler(len(dataset), shuffle=False, rank=rank, world_size=world)
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=self.eval_batch_size, sampler=sampler, num_workers=self.num_workers
+        )
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        """Loader of the validation split, sharded by rank (padded to equal shards like ``DistributedSampler``)."""
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> torch.utils.data.DataLoader:
+        """Loader of the test split, sharded by rank."""
+        return self._eval_loader("test")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment (training only) and normalise a batch on its device; drop the sample indices."""
+        images, labels, index = batch
+        trainer = self.trainer
+        if trainer is not None and trainer.training and self._crop_flip is not None:
+            images = self._crop_flip(images, index, trainer.current_epoch)
+        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        return (images - mean) / std, labels

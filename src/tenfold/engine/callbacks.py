@@ -1,0 +1,82 @@
+"""Callbacks the engine adds to every run: exact RNG resume and a final-metrics file."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from tenfold.utils.checkpoint import atomic_write
+
+__all__ = ["FinalMetrics", "RNGState"]
+
+
+class RNGState(pl.Callback):
+    """Save the Python, NumPy and torch (CPU and CUDA) generator states in checkpoints and restore them.
+
+    Lightning does not checkpoint the global RNGs, so without this a resumed run draws different dropout masks or
+    noise than the uninterrupted one. The states are stored as tensors and plain lists, which
+    ``torch.load(weights_only=True)`` accepts. Under DDP the checkpoint holds rank 0's states.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """Snapshot of every global generator."""
+        np_state = np.random.get_state()
+        py_version, py_internal, py_gauss = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+            "python": [py_version, list(py_internal), py_gauss],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the generators saved by :meth:`state_dict`."""
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        name, keys, pos, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))
+
+
+class FinalMetrics(pl.Callback):
+    """Write the last logged value of every metric to ``<run_dir>/metrics.json`` when a stage ends.
+
+    ``tenfold repeat`` reads these files to report mean and std over seeds. The file is written atomically by
+    global rank 0 and updated (not replaced) by later stages, so ``fit`` then ``test`` in one run keep both.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def _write(self, trainer: pl.Trainer, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {}
+        for name, value in trainer.callback_metrics.items():
+            value = float(value)
+            metrics[name] = value if math.isfinite(value) else None
+        existing = json.loads(self.path.read_text()) if self.path.exists() else {}
+        existing.update(metrics)
+        existing["_last_stage"] = stage
+        existing["_global_step"] = trainer.global_step
+        with atomic_write(self.path) as tmp:
+            tmp.write_text(json.dumps(existing, indent=2, sort_keys=True))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
+        self._write(trainer, "fit")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
+        if not trainer.training and not trainer.sanity_checking:
+            self._write(trainer, "validate")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
+        self._write(trainer, "test")

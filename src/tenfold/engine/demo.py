@@ -1,0 +1,163 @@
+"""The demo framework: each method registers a short run on built-in data; ``tenfold demo`` runs them all.
+
+A demo is a function ``fn(ctx: DemoContext) -> DemoResult``. It must keep to its time budget (``ctx.budget_s``,
+about 90 s on 2 cores by default, ``--full`` multiplies it), compare the method with its baseline on the same budget
+and seeds, and report what it measured even when the method does not win at this scale.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DemoContext", "DemoResult", "register_demo", "list_demos", "run_demos"]
+
+#: Modules whose import registers demos; a family adds its module here when it lands.
+DEMO_MODULES = ("tenfold.classification.demo",)
+
+
+@dataclass
+class DemoContext:
+    """What a demo gets: its output folder, its time budget, and whether to train longer."""
+
+    out_dir: Path
+    budget_s: float
+    full: bool = False
+    seed: int = 0
+
+
+@dataclass
+class DemoResult:
+    """What a demo returns.
+
+    Attributes:
+        rows: table rows (dicts with the same keys), shown in the report.
+        plots: PNG files written under the demo's folder.
+        notes: markdown paragraphs: what was compared, what it shows, caveats.
+    """
+
+    rows: list[dict[str, Any]]
+    plots: list[Path] = field(default_factory=list)
+    notes: str = ""
+
+
+@dataclass
+class _Demo:
+    name: str
+    fn: Callable[[DemoContext], DemoResult]
+    budget_s: float
+    title: str
+
+
+_REGISTRY: dict[str, _Demo] = {}
+
+
+def register_demo(name: str, budget_s: float = 90.0, title: str | None = None) -> Callable:
+    """Register ``fn`` as the demo ``name`` with a default time budget in seconds."""
+
+    def wrap(fn: Callable[[DemoContext], DemoResult]) -> Callable[[DemoContext], DemoResult]:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise ValueError(f"demo {name!r} is registered twice")
+        _REGISTRY[name] = _Demo(name, fn, budget_s, title or name)
+        return fn
+
+    return wrap
+
+
+def list_demos() -> list[str]:
+    """Names of all registered demos, in registration order."""
+    for module in DEMO_MODULES:
+        importlib.import_module(module)
+    return list(_REGISTRY)
+
+
+def _markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "_no rows_\n"
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def run_demos(
+    only: list[str] | None = None, out: str | Path | None = None, full: bool = False, console: Any = None
+) -> Path:
+    """Run the registered demos and write ``report.md`` with tables and plots.
+
+    Args:
+        only: names to run (default: all).
+        out: report folder (default: a new ``runs/demo-<time>``); it must not exist yet.
+        full: train longer (budgets x10).
+        console: a ``rich.console.Console`` for progress (default: a new one).
+
+    Returns:
+        Path of ``report.md``.
+
+    Raises:
+        ValueError: an unknown demo name.
+        FileExistsError: ``out`` exists.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from tenfold.utils.checkpoint import atomic_write
+
+    console = console or Console()
+    names = list_demos()
+    if only:
+        unknown = [n for n in only if n not in _REGISTRY]
+        if unknown:
+            raise ValueError(f"unknown demo(s) {unknown}; registered: {names}")
+        names = [n for n in names if n in only]
+    out_dir = Path(out) if out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=False)
+    sections, summary = [], []
+    for name in names:
+        demo = _REGISTRY[name]
+        budget = demo.budget_s * (10 if full else 1)
+        ctx = DemoContext(out_dir=out_dir / name, budget_s=budget, full=full)
+        ctx.out_dir.mkdir(parents=True)
+        console.rule(f"demo {name} (budget {budget:.0f} s)")
+        start = time.perf_counter()
+        try:
+            result = demo.fn(ctx)
+            status = "ok"
+        except Exception as err:  # a failing demo must not lose the others' results
+            console.print_exception()
+            result = DemoResult(rows=[], notes=f"**failed**: `{err!r}`\n\n```\n{traceback.format_exc()}```")
+            status = "failed"
+        elapsed = time.perf_counter() - start
+        summary.append({"demo": name, "status": status, "seconds": round(elapsed, 1), "budget_s": budget})
+        table = Table(title=demo.title)
+        keys = list(result.rows[0]) if result.rows else []
+        for key in keys:
+            table.add_column(str(key))
+        for row in result.rows:
+            table.add_row(*(f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k)) for k in keys))
+        console.print(table)
+        plots = "\n".join(f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in result.plots)
+        sections.append(
+            f"## {demo.title}\n\n{_markdown_table(result.rows)}\n{result.notes}\n\n{plots}\n\n"
+            f"_{elapsed:.1f} s (budget {budget:.0f} s)_\n"
+        )
+        # rewrite the report after every demo so an interruption keeps what finished
+        report = "# tenfold demo report\n\n" + _markdown_table(summary) + "\n" + "\n".join(sections)
+        with atomic_write(out_dir / "report.md") as tmp:
+            tmp.write_text(report)
+    console.print(f"report: {out_dir / 'report.md'}")
+    return out_dir / "report.md"

@@ -1,0 +1,135 @@
+"""``tenfold fit|validate|test``: LightningCLI with tenfold's run folders, checkpoints and logs.
+
+What this adds to LightningCLI:
+
+* every run gets its own folder ``runs/<recipe>/<time>`` (never overwritten); ``--ckpt_path last`` resumes the
+  latest run of the recipe (or ``--run_dir``'s) exactly: weights, optimiser, scheduler, loops, data order, RNG;
+* checkpoints every ``--checkpoint.every_n_train_steps`` steps and at the end, written atomically and read back
+  with ``weights_only=True``;
+* CSV and TensorBoard logs in ``<run>/logs/version_N``, ``<run>/metrics.json`` with the final metrics;
+* recipe errors (unknown keys, wrong types) stop the run before any work, naming the key (jsonargparse).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO
+
+from tenfold.engine.callbacks import FinalMetrics, RNGState
+from tenfold.engine.checkpoint_io import SafeCheckpointIO
+from tenfold.engine.rundir import ENV_RUN_DIR, resolve_run_dir
+from tenfold.utils.checkpoint import load_checkpoint
+
+__all__ = ["TenfoldCLI", "TRAINER_DEFAULTS"]
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "accelerator": "auto",
+    "devices": "auto",
+    # our data modules shard by rank themselves (tenfold.data.sampling) so runs resume exactly mid-epoch
+    "use_distributed_sampler": False,
+    "log_every_n_steps": 10,
+}
+
+
+class TenfoldCLI(LightningCLI):
+    """LightningCLI with run folders, safe atomic checkpoints, exact resume and default loggers."""
+
+    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+        self.run_dir: Path | None = None
+        super().__init__(
+            model_class=LightningModule,
+            datamodule_class=LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            trainer_defaults=TRAINER_DEFAULTS,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": False},
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Run-folder options and the periodic checkpoint callback."""
+        parser.add_argument("--run_dir", type=str | None, default=None, help="Folder of this run (must be new).")
+        parser.add_argument("--runs_root", type=str, default="runs", help="Parent of the automatic run folders.")
+        parser.add_argument(
+            "--run_name", type=str | None, default=None, help="Name of the run group (default: the recipe's stem)."
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.every_n_train_steps": 500,
+                "checkpoint.filename": "step{step:07d}",
+                "checkpoint.auto_insert_metric_name": False,
+                "checkpoint.save_top_k": 1,
+            }
+        )
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the hyper-parameters out of the checkpoint before anything else: make a missing,
+        # corrupt or unsafe file fail here with a clear message instead of a raw unpickling error.
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+            load_checkpoint(ckpt_path)
+        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        """Pick the run folder (creating it on rank 0) and point checkpoints there."""
+        cfg = self.config[self.subcommand]
+        name = cfg.run_name or _recipe_name(cfg)
+        run_dir, ckpt_path = resolve_run_dir(cfg.runs_root, name, cfg.run_dir, cfg.ckpt_path)
+        self.run_dir = run_dir
+        os.environ[ENV_RUN_DIR] = str(run_dir)  # DDP children launched by Lightning re-run this CLI
+        cfg.ckpt_path = ckpt_path
+        cfg.run_dir = str(run_dir)
+        cfg.checkpoint.dirpath = str(run_dir / "checkpoints")
+        cfg.trainer.default_root_dir = str(run_dir)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Add the default loggers, the safe checkpoint IO and the engine callbacks."""
+        assert self.run_dir is not None
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        if trainer_cfg.get("logger") in (None, True):
+            kwargs["logger"] = [
+                CSVLogger(self.run_dir, name="logs"),
+                TensorBoardLogger(self.run_dir, name="logs", default_hp_metric=False),
+            ]
+        plugins = trainer_cfg.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(SafeCheckpointIO())
+        kwargs["plugins"] = plugins
+        callbacks = trainer_cfg.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+        kwargs["callbacks"] = [*callbacks, RNGState(), FinalMetrics(self.run_dir / "metrics.json")]
+        return super().instantiate_trainer(**kwargs)
+
+
+def _recipe_name(cfg: Any) -> str:
+    configs = cfg.get("config") or []
+    if configs:
+        last = configs[-1]
+        path = getattr(last, "absolute", None) or getattr(last, "relative", None) or str(last)
+        return Path(str(path)).stem
+    model = cfg.get("model")
+    class_path = getattr(model, "class_path", None) if model is not None else None
+    return (class_path or "run").rsplit(".", 1)[-1].lower()
+
+
+def run_lightning_cli(args: list[str]) -> TenfoldCLI:
+    """Run ``fit``/``validate``/``test``/``predict`` with ``args`` (the words after ``tenfold``)."""
+    try:
+        return TenfoldCLI(args=args)
+    finally:
+        os.environ.pop(ENV_RUN_DIR, None)

@@ -1,0 +1,48 @@
+"""Shared helpers: run the real `tenfold` command line in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "classification" / "tiny.yaml"
+HELPERS = Path(__file__).resolve().parent / "helpers"
+
+# A fast variant of the tiny recipe for engine tests: 512 training images, batches of 32 (16 steps an epoch).
+FAST = [
+    "--config", str(TINY),
+    "--model.init_args.model", "resnet8",
+    "--data.init_args.train_size", "512",
+    "--data.init_args.val_size", "128",
+    "--data.init_args.test_size", "128",
+    "--data.init_args.batch_size", "32",
+    "--data.init_args.eval_batch_size", "64",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+    "--trainer.num_sanity_val_steps", "0",
+]  # fmt: skip
+
+
+def run_tenfold(
+    args: list[str], cwd: Path, *, threads: int = 1, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run `python -m tenfold.cli ARGS` in ``cwd`` with a fixed thread count (runs compared bit-for-bit must agree)."""
+    env = {k: v for k, v in os.environ.items() if k != "TENFOLD_RUN_DIR"}
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        PYTHONPATH=os.pathsep.join([str(HELPERS), env.get("PYTHONPATH", "")]),
+        PYTHONWARNINGS="ignore",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "tenfold.cli", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    if check and proc.returncode != 0:
+        pytest.fail(f"tenfold {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
