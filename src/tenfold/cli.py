@@ -102,6 +102,7 @@ def _repeat(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tenfold`` console script."""
+    from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_USAGE)
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if command in LIGHTNING_COMMANDS:
             from tenfold.engine.lightning_cli import run_lightning_cli
 
-            run_lightning_cli(argv)
+            run_lightning_cli(None if from_sys else argv)
             return 0
         return commands[command](rest)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

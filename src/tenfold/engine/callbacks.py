@@ -14,7 +14,7 @@ import torch
 
 from tenfold.utils.checkpoint import atomic_write
 
-__all__ = ["FinalMetrics", "RNGState"]
+__all__ = ["FinalCheckpoint", "FinalMetrics", "RNGState"]
 
 
 class RNGState(pl.Callback):
@@ -80,3 +80,19 @@ class FinalMetrics(pl.Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
         self._write(trainer, "test")
+
+
+class FinalCheckpoint(pl.Callback):
+    """Save ``last.ckpt`` when training ends, unless the periodic checkpoint of that step already exists.
+
+    ``ModelCheckpoint(every_n_train_steps=N)`` saves only on multiples of N; a run must also end with its final
+    state on disk.
+    """
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
+        callback = trainer.checkpoint_callback
+        if not isinstance(callback, pl.callbacks.ModelCheckpoint) or callback.dirpath is None:
+            return
+        if callback._last_global_step_saved == trainer.global_step:
+            return
+        trainer.save_checkpoint(Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}")

@@ -22,7 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from tenfold.engine.callbacks import FinalMetrics, RNGState
+from tenfold.engine.callbacks import FinalCheckpoint, FinalMetrics, RNGState
 from tenfold.engine.checkpoint_io import SafeCheckpointIO
 from tenfold.engine.rundir import ENV_RUN_DIR, resolve_run_dir
 from tenfold.utils.checkpoint import load_checkpoint
@@ -101,9 +101,10 @@ class TenfoldCLI(LightningCLI):
         assert self.run_dir is not None
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         if trainer_cfg.get("logger") in (None, True):
+            version = _next_version(self.run_dir / "logs")
             kwargs["logger"] = [
-                CSVLogger(self.run_dir, name="logs"),
-                TensorBoardLogger(self.run_dir, name="logs", default_hp_metric=False),
+                CSVLogger(self.run_dir, name="logs", version=version),
+                TensorBoardLogger(self.run_dir, name="logs", version=version, default_hp_metric=False),
             ]
         plugins = trainer_cfg.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
@@ -112,8 +113,16 @@ class TenfoldCLI(LightningCLI):
         kwargs["plugins"] = plugins
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
-        kwargs["callbacks"] = [*callbacks, RNGState(), FinalMetrics(self.run_dir / "metrics.json")]
+        kwargs["callbacks"] = [*callbacks, RNGState(), FinalCheckpoint(), FinalMetrics(self.run_dir / "metrics.json")]
         return super().instantiate_trainer(**kwargs)
+
+
+def _next_version(logs: Path) -> str:
+    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+        # only rank 0 writes logs; other ranks must not race it for a number
+        return "version_0"
+    taken = [int(p.name.split("_", 1)[1]) for p in logs.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
+    return f"version_{max(taken, default=-1) + 1}"
 
 
 def _recipe_name(cfg: Any) -> str:
@@ -127,8 +136,8 @@ def _recipe_name(cfg: Any) -> str:
     return (class_path or "run").rsplit(".", 1)[-1].lower()
 
 
-def run_lightning_cli(args: list[str]) -> TenfoldCLI:
-    """Run ``fit``/``validate``/``test``/``predict`` with ``args`` (the words after ``tenfold``)."""
+def run_lightning_cli(args: list[str] | None) -> TenfoldCLI:
+    """Run ``fit``/``validate``/``test``/``predict`` with ``args`` (the words after ``tenfold``; None: sys.argv)."""
     try:
         return TenfoldCLI(args=args)
     finally:

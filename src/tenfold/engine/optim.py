@@ -77,18 +77,7 @@ def configure_optimizers(
     )
     if cfg.sched == "none":
         return optimizer
-    trainer = module.trainer
-    total_steps = int(trainer.estimated_stepping_batches)
-    max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
-    num_batches = trainer.num_training_batches
-    if num_batches == float("inf") or not num_batches:
-        updates_per_epoch = total_steps
-    else:
-        updates_per_epoch = max(1, int(num_batches) // trainer.accumulate_grad_batches)
-    num_epochs = max_epochs if max_epochs is not None else max(1, -(-total_steps // updates_per_epoch))
-    if trainer.max_steps not in (None, -1):
-        # An update budget shorter than max_epochs: stretch the schedule over the steps actually taken.
-        num_epochs = max(1, min(num_epochs, -(-total_steps // updates_per_epoch)))
+    updates_per_epoch, num_epochs = _schedule_length(module.trainer)
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=cfg.sched,
@@ -103,6 +92,32 @@ def configure_optimizers(
         updates_per_epoch=updates_per_epoch,
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _schedule_length(trainer: pl.Trainer) -> tuple[int, float]:
+    """Updates per epoch and the number of (possibly partial) epochs the run will train.
+
+    ``trainer.estimated_stepping_batches`` is not used on purpose: it builds the training loader before Lightning
+    restores a checkpoint, after which the loader's saved position is never applied, so a resumed run would not
+    continue the interrupted epoch where it stopped.
+    """
+    datamodule = trainer.datamodule
+    loader = datamodule.train_dataloader() if datamodule is not None else trainer.lightning_module.train_dataloader()
+    num_batches = len(loader)
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int):
+        num_batches = min(num_batches, limit)
+    elif limit is not None:
+        num_batches = int(num_batches * limit)
+    updates_per_epoch = max(1, num_batches // trainer.accumulate_grad_batches)
+    max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+    max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
+    if max_epochs is None and max_steps is None:
+        raise ValueError("set trainer.max_epochs or trainer.max_steps: the learning-rate schedule needs a length")
+    # a step budget may end mid-epoch: a fractional epoch count makes the schedule end exactly at max_steps
+    epochs_by_steps = max_steps / updates_per_epoch if max_steps is not None else None
+    num_epochs = min(e for e in (max_epochs, epochs_by_steps) if e is not None)
+    return updates_per_epoch, num_epochs
 
 
 def timm_scheduler_step(module: pl.LightningModule, scheduler: Any) -> None:
