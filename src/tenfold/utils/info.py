@@ -35,7 +35,8 @@ def collect_info() -> dict[str, str]:
             info[f"cuda:{i}"] = torch.cuda.get_device_name(i)
     info["mps available"] = str(torch.backends.mps.is_available())
     info["distributed backends"] = ", ".join(
-        b for b, ok in (("gloo", torch.distributed.is_gloo_available()), ("nccl", torch.distributed.is_nccl_available()))
+        b
+        for b, ok in (("gloo", torch.distributed.is_gloo_available()), ("nccl", torch.distributed.is_nccl_available()))
         if ok
     )
     for package in _PACKAGES:

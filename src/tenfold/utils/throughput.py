@@ -1,0 +1,138 @@
+"""Inference latency and throughput of a model on synthetic input.
+
+These are measurements of one machine at one moment. Report them, or compare two models measured in the same
+process as a ratio; never assert on them in tests.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+__all__ = ["ThroughputResult", "measure_throughput"]
+
+
+@dataclass
+class ThroughputResult:
+    """Result of :func:`measure_throughput`.
+
+    Attributes:
+        batch_size: samples per forward pass.
+        threads: ``torch.get_num_threads()`` during the measurement.
+        device: the device the passes ran on (``"cpu"``, ``"cuda:0"``...).
+        median_s: median seconds per forward pass.
+        iqr_s: inter-quartile range of the seconds per pass (spread of the timings).
+        samples_per_s: ``batch_size / median_s``.
+        runs: number of timed passes.
+    """
+
+    batch_size: int
+    threads: int
+    device: str
+    median_s: float
+    iqr_s: float
+    samples_per_s: float
+    runs: int
+
+
+def measure_throughput(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    warmup: int = 5,
+    runs: int = 20,
+    dtype: torch.dtype = torch.float32,
+) -> ThroughputResult:
+    """Time ``runs`` inference passes of ``model`` on a random batch of shape ``(batch_size, *input_shape)``.
+
+    The model runs in eval mode under ``torch.inference_mode()``; ``warmup`` untimed passes come first. Each
+    timed pass is measured on its own with ``time.perf_counter`` (on CUDA, with ``torch.cuda.synchronize()``
+    before and after). The model is not moved: it must already be on ``device`` and in ``dtype``. Training
+    flags and the thread count are restored afterwards, also on error.
+
+    Args:
+        model: the module to time.
+        input_shape: shape of one sample, without the batch dimension, e.g. ``(3, 32, 32)``.
+        batch_size: samples per pass.
+        device: where the input is created.
+        threads: if given, ``torch.set_num_threads(threads)`` for the measurement only.
+        warmup: untimed passes before timing.
+        runs: timed passes.
+        dtype: floating dtype of the input.
+
+    Returns:
+        Median and inter-quartile range of the per-pass times, and the samples per second at the median.
+
+    Raises:
+        ValueError: ``batch_size``, ``runs`` or ``threads`` below 1, ``warmup`` below 0, an empty or
+            non-positive ``input_shape``, a non-floating ``dtype``, or model parameters on another device or
+            dtype than the input.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {threads}")
+    if not input_shape or any(int(d) < 1 for d in input_shape):
+        raise ValueError(f"input_shape must be a non-empty shape of positive sizes (no batch), got {input_shape}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    device = torch.device(device)
+    param = next(model.parameters(), None)
+    wrong_device = param is not None and (
+        param.device.type != device.type or (device.index is not None and param.device.index != device.index)
+    )
+    if param is not None and (wrong_device or param.dtype != dtype):
+        raise ValueError(
+            f"the model's parameters are {param.dtype} on {param.device}, the input would be {dtype} on "
+            f"{device}; move the model first (model.to(device, dtype))"
+        )
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    modes = {m: m.training for m in model.modules()}
+    old_threads = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        used_threads = torch.get_num_threads()
+        model.eval()
+        times = []
+        with torch.inference_mode():
+            x = torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
+            for _ in range(warmup):
+                model(x)
+            for _ in range(runs):
+                sync()
+                start = time.perf_counter()
+                model(x)
+                sync()
+                times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(old_threads)
+        for m, training in modes.items():
+            m.training = training
+
+    median = statistics.median(times)
+    if len(times) > 1:
+        q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    else:
+        q1 = q3 = times[0]
+    return ThroughputResult(
+        batch_size=batch_size,
+        threads=used_threads,
+        device=str(device),
+        median_s=median,
+        iqr_s=q3 - q1,
+        samples_per_s=batch_size / median if median > 0 else float("inf"),
+        runs=len(times),
+    )

@@ -1,0 +1,85 @@
+"""Throughput measurement: structure and state restoration only (timings are never asserted)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from tenfold.utils.throughput import ThroughputResult, measure_throughput
+
+
+class _Counter(nn.Module):
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.fail = fail
+        self.calls: list[tuple[tuple[int, ...], bool, bool, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((tuple(x.shape), self.training, torch.is_inference_mode_enabled(), torch.get_num_threads()))
+        if self.fail:
+            raise RuntimeError("boom")
+        return self.lin(x)
+
+
+@pytest.fixture
+def threads():
+    old = torch.get_num_threads()
+    yield old
+    torch.set_num_threads(old)
+
+
+def test_structure(threads):
+    model = _Counter().train()
+    result = measure_throughput(model, (4,), batch_size=3, warmup=2, runs=7)
+    assert isinstance(result, ThroughputResult)
+    assert result.runs == 7 and result.batch_size == 3 and result.device == "cpu"
+    assert result.threads == threads
+    assert len(model.calls) == 2 + 7
+    assert all(call[:3] == ((3, 4), False, True) for call in model.calls)  # eval, inference mode
+    assert model.training  # restored
+    assert result.median_s > 0 and result.iqr_s >= 0
+    assert result.samples_per_s == pytest.approx(3 / result.median_s)
+
+
+def test_single_run_has_zero_spread():
+    result = measure_throughput(nn.Linear(4, 3), (4,), warmup=0, runs=1)
+    assert result.runs == 1 and result.iqr_s == 0
+
+
+def test_threads_set_then_restored(threads):
+    torch.set_num_threads(2)
+    model = _Counter()
+    result = measure_throughput(model, (4,), threads=1, warmup=1, runs=2)
+    assert result.threads == 1
+    assert {call[3] for call in model.calls} == {1}
+    assert torch.get_num_threads() == 2
+
+
+def test_threads_and_mode_restored_on_error(threads):
+    torch.set_num_threads(2)
+    model = _Counter(fail=True).train()
+    with pytest.raises(RuntimeError, match="boom"):
+        measure_throughput(model, (4,), threads=1)
+    assert torch.get_num_threads() == 2
+    assert model.training
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(runs=0), "runs"),
+        (dict(warmup=-1), "warmup"),
+        (dict(threads=0), "threads"),
+        (dict(input_shape=()), "input_shape"),
+        (dict(input_shape=(4, 0)), "input_shape"),
+        (dict(dtype=torch.int64), "dtype"),
+        (dict(dtype=torch.float64), "float32"),  # the model is float32: say so instead of failing inside it
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    args = dict(input_shape=(4,), warmup=0, runs=1) | kwargs
+    with pytest.raises(ValueError, match=match):
+        measure_throughput(nn.Linear(4, 3), args.pop("input_shape"), **args)
