@@ -27,6 +27,7 @@ tenfold commands:
   bench      run a benchmark (speed, memory, FLOPs as ratios): tenfold bench --list
   info       versions, threads, devices and what is installed
   repeat     run a recipe once per seed and report mean and std: tenfold repeat --seeds 0,1,2 -- fit --config ...
+  export-student  the student of a distillation checkpoint, alone, as safetensors: tenfold export-student CKPT OUT
 
 Run `tenfold COMMAND --help` for the options of a command; set TENFOLD_DEBUG=1 for full tracebacks.
 """
@@ -100,6 +101,21 @@ def _repeat(argv: list[str]) -> int:
     return repeat_main(argv)
 
 
+def _export_student(argv: list[str]) -> int:
+    from tenfold.distill.export import export_student
+
+    parser = argparse.ArgumentParser(
+        prog="tenfold export-student",
+        description="Write the student of a distillation checkpoint alone (no teacher, connectors or prefixes) as "
+        "safetensors, loadable with strict=True into the plain student model.",
+    )
+    parser.add_argument("checkpoint", help="a distillation run's checkpoint (e.g. runs/.../checkpoints/last.ckpt)")
+    parser.add_argument("out", help="the .safetensors file to write (must not exist)")
+    args = parser.parse_args(argv)
+    print(export_student(args.checkpoint, args.out))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tenfold`` console script."""
     from_sys = argv is None
@@ -108,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    commands = {"demo": _demo, "bench": _bench, "info": _info, "repeat": _repeat}
+    commands = {"demo": _demo, "bench": _bench, "info": _info, "repeat": _repeat, "export-student": _export_student}
     if command not in commands and command not in LIGHTNING_COMMANDS:
         print(f"tenfold: unknown command {command!r}\n\n{_USAGE}", file=sys.stderr)
         return 2

@@ -6,10 +6,11 @@ import pickle
 
 import pytest
 import torch
-from conftest import FAST, TINY, run_tenfold
 
 from tenfold.cli import main
 from tenfold.utils.checkpoint import load_checkpoint
+
+from conftest import FAST, TINY, run_tenfold
 
 
 def _fails(capsys, args, tmp_path, monkeypatch):
@@ -40,9 +41,7 @@ def test_wrong_type(capsys, tmp_path, monkeypatch):
 
 
 def test_wrong_type_in_nested_dataclass(capsys, tmp_path, monkeypatch):
-    err = _fails(
-        capsys, ["fit", "--config", str(TINY), "--model.init_args.optim.lr", "fast"], tmp_path, monkeypatch
-    )
+    err = _fails(capsys, ["fit", "--config", str(TINY), "--model.init_args.optim.lr", "fast"], tmp_path, monkeypatch)
     assert "lr" in err and "fast" in err
 
 

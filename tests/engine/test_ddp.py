@@ -6,10 +6,11 @@ import json
 
 import lightning.pytorch as pl
 import torch
-from conftest import FAST, run_tenfold
 
 from tenfold.classification import ClassificationTask
 from tenfold.utils.checkpoint import load_checkpoint
+
+from conftest import FAST, run_tenfold
 
 # A LayerNorm ViT has no batch statistics, so 2 processes x 16 images must give the same gradients as 1 x 32
 # (up to float summation order). BatchNorm models differ slightly under DDP on CPU: each process normalises its own
@@ -25,7 +26,7 @@ VIT = [
     "--trainer.max_steps", "12",
     "--trainer.max_epochs", "-1",
     "--trainer.val_check_interval", "12",
-    "--data.init_args.augment", "true",
+    "--data.init_args.augment", "crop_flip",
 ]  # fmt: skip
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 # Tolerance: 12 AdamW steps amplify float32 summation-order differences of ~1e-7 in the gradients.

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import torch
-from conftest import FAST, run_tenfold
 
 from tenfold.utils.checkpoint import load_checkpoint
+
+from conftest import FAST, run_tenfold
 
 # 2 epochs of 16 steps; checkpoints every 6 steps; the crash comes at step 21, so the resume starts mid-epoch 2
 # from the step-18 checkpoint: data order, augmentation, optimiser, cosine schedule and loops must all continue.

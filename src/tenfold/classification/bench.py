@@ -25,9 +25,7 @@ def bench_models(quick: bool) -> list[dict[str, Any]]:
     for name in ZOO:
         model = timm.create_model(name, num_classes=100)
         macs = count_flops(model, torch.randn(1, 3, 32, 32)).macs
-        speed = measure_throughput(
-            model, (3, 32, 32), batch_size=64, warmup=2 if quick else 5, runs=3 if quick else 15
-        )
+        speed = measure_throughput(model, (3, 32, 32), batch_size=64, warmup=2 if quick else 5, runs=3 if quick else 15)
         rows.append(
             {
                 "model": name,

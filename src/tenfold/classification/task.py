@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,41 +16,93 @@ from torchmetrics.classification import MulticlassAccuracy
 
 import tenfold.models  # noqa: F401  (registers the tenfold architectures with timm)
 from tenfold.engine.optim import OptimConfig, configure_optimizers, timm_scheduler_step
+from tenfold.engine.rundir import last_checkpoint
+from tenfold.utils.checkpoint import load_checkpoint
 
-__all__ = ["ClassificationTask", "create_model"]
+__all__ = [
+    "ClassificationTask",
+    "check_num_classes",
+    "classification_metrics",
+    "create_model",
+    "load_state_dict_strict",
+]
 
 
-def create_model(
-    name: str, num_classes: int, weights: str | None = None, **kwargs: Any
-) -> torch.nn.Module:
+def create_model(name: str, num_classes: int, weights: str | None = None, **kwargs: Any) -> torch.nn.Module:
     """Create a timm-registered model (tenfold's or timm's), optionally from a local weight file.
 
     Args:
         name: a name from ``timm.list_models()`` (``resnet8x4``, ``wrn_40_2``, ``resnet18``, ``lightvit_tiny``...).
         num_classes: classifier outputs.
-        weights: optional local checkpoint (``.pth``/``.pt``/``.safetensors``), loaded through timm's loader with
-            the family's ``checkpoint_filter_fn`` and strict key matching.
+        weights: optional local file: a tenfold training checkpoint (the model is taken from its ``model.*`` or
+            ``student.*`` weights; a run folder, or a folder of runs such as ``runs/tiny_teacher``, means its most
+            recent ``checkpoints/last.ckpt``), or a released/plain state dict (``.pth``/``.pt``/``.safetensors``),
+            loaded through timm's loader with the family's ``checkpoint_filter_fn``. Keys must match exactly.
         **kwargs: further architecture arguments.
 
     Raises:
-        ValueError: an unknown model name.
+        ValueError: an unknown model name, or weights whose keys or shapes do not fit the model.
         FileNotFoundError: ``weights`` does not exist.
     """
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
-        raise ValueError(f"unknown model {name!r}; similar registered names: {close}")
+        close = difflib.get_close_matches(name, timm.list_models(), n=8)
+        raise ValueError(f"unknown model {name!r}; close registered names: {close}")
     if weights is None:
         return timm.create_model(name, num_classes=num_classes, **kwargs)
-    from pathlib import Path
+    if Path(weights).is_dir():
+        weights = str(last_checkpoint(weights))
+    checkpoint = load_checkpoint(weights)
+    if isinstance(checkpoint, dict) and "pytorch-lightning_version" in checkpoint:
+        model = timm.create_model(name, num_classes=num_classes, **kwargs)
+        state = checkpoint["state_dict"]
+        for prefix in ("model.", "student."):
+            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            if sub:
+                break
+        else:
+            raise ValueError(f"checkpoint {weights!r} holds no model.* or student.* weights")
+        load_state_dict_strict(model, sub, source=weights)
+        return model
+    try:
+        return timm.create_model(
+            name,
+            pretrained=True,
+            num_classes=num_classes,
+            pretrained_cfg_overlay={"file": str(weights)},
+            **kwargs,
+        )
+    except RuntimeError as err:  # torch's strict-loading error lists the missing/unexpected keys
+        raise ValueError(f"weights {weights!r} do not fit {name}: {err}") from err
 
-    if not Path(weights).is_file():
-        raise FileNotFoundError(f"model weights {weights!r} do not exist")
-    return timm.create_model(
-        name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay={"file": str(weights)}, **kwargs
-    )
+
+def check_num_classes(module: pl.LightningModule, num_classes: int) -> None:
+    """Raise ValueError when the attached data module reports another class count than the model's."""
+    datamodule = module.trainer.datamodule if module._trainer is not None else None
+    data_classes = getattr(datamodule, "num_classes", None)
+    if data_classes is not None and data_classes != num_classes:
+        raise ValueError(f"the data has {data_classes} classes but model.init_args.num_classes is {num_classes}")
 
 
-def _metrics(num_classes: int, prefix: str) -> MetricCollection:
+def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str = "") -> None:
+    """``model.load_state_dict(state_dict, strict=True)`` with a ValueError that lists what does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [
+        f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"weights {source!r} do not fit {type(model).__name__}: missing keys {missing[:10]}, unexpected keys "
+            f"{unexpected[:10]}, wrong shapes (file vs model) {wrong[:10]}"
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Top-1 and top-5 accuracy (fractions, micro-averaged), reduced exactly across processes."""
     return MetricCollection(
         {
             "acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
@@ -91,20 +145,15 @@ class ClassificationTask(pl.LightningModule):
         self.hparams["optim"] = asdict(self.optim)
         self.model = create_model(model, num_classes, weights, **(model_kwargs or {}))
         self.label_smoothing = label_smoothing
-        self.train_metrics = _metrics(num_classes, "train/")
-        self.val_metrics = _metrics(num_classes, "val/")
-        self.test_metrics = _metrics(num_classes, "test/")
+        self.train_metrics = classification_metrics(num_classes, "train/")
+        self.val_metrics = classification_metrics(num_classes, "val/")
+        self.test_metrics = classification_metrics(num_classes, "test/")
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
 
     def setup(self, stage: str) -> None:
         """Check that the data's class count matches the classifier before the first batch."""
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        data_classes = getattr(datamodule, "num_classes", None)
-        if data_classes is not None and data_classes != self.hparams.num_classes:
-            raise ValueError(
-                f"the data has {data_classes} classes but model.init_args.num_classes is {self.hparams.num_classes}"
-            )
+        check_num_classes(self, self.hparams.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) of images (B, 3, H, W)."""

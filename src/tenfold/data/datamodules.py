@@ -57,7 +57,12 @@ class ClassificationData(pl.LightningDataModule):
         batch_size: images per step and per process.
         eval_batch_size: images per validation/test step (default: ``batch_size``).
         num_workers: data-loader worker processes.
-        augment: random crop (padding 4) and horizontal flip during training.
+        augment: training augmentation. ``crop_flip``: random crop after 4-pixel zero padding and horizontal flip
+            (the CIFAR recipe; batch-level, deterministic per sample and epoch, exact on resume). ``timm``:
+            timm's ImageNet training transform (RandomResizedCrop, flip, optional RandAugment and random erasing),
+            applied per image in the loader (``imagefolder`` only). ``none``: no augmentation.
+        auto_augment: timm auto-augment policy for ``augment="timm"``, e.g. ``rand-m9-mstd0.5``.
+        re_prob: random-erasing probability for ``augment="timm"``.
         data_seed: seed of the built-in generators (which task is generated).
         shuffle_seed: seed of the per-epoch training order and augmentation.
 
@@ -78,7 +83,9 @@ class ClassificationData(pl.LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        augment: bool = True,
+        augment: Literal["none", "crop_flip", "timm"] = "crop_flip",
+        auto_augment: str | None = None,
+        re_prob: float = 0.0,
         data_seed: int = 0,
         shuffle_seed: int = 0,
     ) -> None:
@@ -87,6 +94,8 @@ class ClassificationData(pl.LightningDataModule):
             raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(_STATS)}")
         if dataset in ("cifar10", "cifar100", "imagefolder") and not root:
             raise ValueError(f"dataset {dataset!r} reads from disk: set data.root to its folder")
+        if augment == "timm" and dataset != "imagefolder":
+            raise ValueError(f"augment='timm' applies to full-size images (dataset 'imagefolder'), not {dataset!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.save_hyperparameters()
@@ -131,19 +140,28 @@ class ClassificationData(pl.LightningDataModule):
 
         if self.dataset_name in ("cifar10", "cifar100"):
             return readers.cifar(self.root, split=split, num_classes=self.num_classes)
-        from torchvision.transforms import v2
-
-        transform = v2.Compose(
-            [
-                v2.ToImage(),
-                v2.Resize(self.image_size, antialias=True),
-                v2.CenterCrop(self.image_size),
-                v2.ToDtype(torch.float32, scale=True),
-            ]
-        )
-        dataset = readers.image_folder(self.root, split=split, transform=transform)
+        dataset = readers.image_folder(self.root, split=split, transform=self._image_transform(split))
         self._num_classes = len(dataset.classes)  # type: ignore[attr-defined]
         return dataset
+
+    def _image_transform(self, split: str) -> Any:
+        """Per-image transform of full-size images: timm's train/eval transforms, without normalisation.
+
+        Normalisation happens on the device in :meth:`on_after_batch_transfer`, so mean 0 / std 1 here.
+        """
+        from timm.data import create_transform
+
+        hp = self.hparams
+        is_training = split == "train" and self.augment == "timm"
+        return create_transform(
+            self.image_size,
+            is_training=is_training,
+            auto_augment=hp.auto_augment if is_training else None,
+            re_prob=hp.re_prob if is_training else 0.0,
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+            crop_pct=0.875,
+        )
 
     def setup(self, stage: str | None = None) -> None:
         """Build the splits a stage needs (cached, so repeated calls are free)."""
@@ -151,7 +169,7 @@ class ClassificationData(pl.LightningDataModule):
         for split in wanted.get(stage or "fit", ("train", "val", "test")):
             if split not in self._splits:
                 self._splits[split] = IndexedDataset(self._build(split))
-        if "train" in self._splits and self.augment and self._crop_flip is None:
+        if "train" in self._splits and self.augment == "crop_flip" and self._crop_flip is None:
             self._crop_flip = CropFlip(len(self._splits["train"]), padding=4, seed=self.shuffle_seed)
 
     def _rank_world(self) -> tuple[int, int]:

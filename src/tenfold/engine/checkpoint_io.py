@@ -26,7 +26,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         return None
 
     def load_checkpoint(self, path: _PATH, map_location: Any = None, weights_only: bool | None = None) -> Any:
-        """Read ``path`` with ``torch.load(weights_only=True)``; see :func:`tenfold.utils.checkpoint.load_checkpoint`."""
+        """Read ``path`` safely (``weights_only=True``); see :func:`tenfold.utils.checkpoint.load_checkpoint`."""
         if "://" in str(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         return load_checkpoint(path, map_location=map_location or "cpu")

@@ -29,6 +29,7 @@ class OptimConfig:
         lr: peak learning rate.
         momentum: momentum of SGD-type optimisers.
         weight_decay: weight decay.
+        opt_eps: epsilon of adaptive optimisers (timm's default when None; the DIST strategy-B RMSpropTF uses 1e-3).
         filter_bias_and_bn: exclude biases and 1-D parameters (norm weights) from weight decay.
         sched: timm scheduler name (``cosine``, ``step``, ``multistep``, ``poly``...) or ``none`` (constant lr).
         decay_epochs: period of ``step`` decay, in epochs.
@@ -43,6 +44,7 @@ class OptimConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    opt_eps: float | None = None
     filter_bias_and_bn: bool = True
     sched: str = "cosine"
     decay_epochs: float = 30.0
@@ -74,6 +76,7 @@ def configure_optimizers(
         weight_decay=cfg.weight_decay,
         momentum=cfg.momentum,
         filter_bias_and_bn=cfg.filter_bias_and_bn,
+        **({"eps": cfg.opt_eps} if cfg.opt_eps is not None else {}),
     )
     if cfg.sched == "none":
         return optimizer

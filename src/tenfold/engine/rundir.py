@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["ENV_RUN_DIR", "is_launcher_rank_zero", "resolve_run_dir"]
+__all__ = ["ENV_RUN_DIR", "is_launcher_rank_zero", "last_checkpoint", "resolve_run_dir"]
 
 #: Set by the launching process so that DDP children started by Lightning (or torchrun workers on one node) agree on
 #: the run folder.
@@ -32,6 +32,22 @@ def _job_id() -> str | None:
 def _latest_resumable(parent: Path) -> Path | None:
     candidates = [d for d in parent.iterdir() if (d / "checkpoints" / "last.ckpt").is_file()] if parent.is_dir() else []
     return max(candidates, key=lambda d: (d / "checkpoints" / "last.ckpt").stat().st_mtime) if candidates else None
+
+
+def last_checkpoint(folder: str | Path) -> Path:
+    """The ``last.ckpt`` of a run folder, or of the most recent run in a folder of runs (``runs/<recipe>``).
+
+    Raises:
+        FileNotFoundError: no such checkpoint.
+    """
+    folder = Path(folder)
+    direct = folder / "checkpoints" / "last.ckpt"
+    if direct.is_file():
+        return direct
+    run = _latest_resumable(folder)
+    if run is None:
+        raise FileNotFoundError(f"no checkpoints/last.ckpt in {str(folder)!r} or in its run folders; train it first")
+    return run / "checkpoints" / "last.ckpt"
 
 
 def resolve_run_dir(
@@ -70,8 +86,7 @@ def resolve_run_dir(
             return path, str(last)
         if path.exists() and any(path.iterdir()) and is_launcher_rank_zero():
             raise FileExistsError(
-                f"run folder {str(path)!r} already exists; choose another --run_dir or resume it with "
-                "--ckpt_path last"
+                f"run folder {str(path)!r} already exists; choose another --run_dir or resume it with --ckpt_path last"
             )
         return path, ckpt_path
     if ckpt_path == "last":
