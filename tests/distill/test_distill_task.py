@@ -124,7 +124,10 @@ def test_export_student_loads_strictly_into_the_plain_model(teacher_file, tmp_pa
     out = export_student(ckpt, tmp_path / "student.safetensors")
     weights = load_file(out)
     assert set(weights) == set(task.student.state_dict())  # no teacher, connector or prefix
-    plain = timm.create_model("resnet8", pretrained=True, num_classes=10, pretrained_cfg_overlay={"file": str(out)})
+    # num_classes goes in the overlay too, else timm treats 10 != 100 (the cfg default) as fine-tuning and
+    # re-initialises the classifier
+    overlay = {"file": str(out), "num_classes": 10}
+    plain = timm.create_model("resnet8", pretrained=True, num_classes=10, pretrained_cfg_overlay=overlay)
     plain.eval()
     task.eval()
     x = torch.randn(3, 3, 32, 32)

@@ -38,35 +38,53 @@ def _plot(histories: dict[str, list[dict[str, float]]], path) -> None:
     plt.close(fig)
 
 
+#: Settings shared with the distillation demo (same data, so the bigger model can serve as its teacher).
+BUILTIN = {"dataset": "builtin", "num_classes": 10, "train_size": 5000, "val_size": 1000, "batch_size": 64,
+           "eval_batch_size": 500}  # fmt: skip
+TEACHER_KEY = "classification/builtin10/resnet20"
+
+
+def train(run: _Run, ctx: DemoContext, seed: int):
+    """Train one classifier of the demo; returns the task and its :class:`~tenfold.engine.quick.QuickRun`."""
+    from tenfold.classification import ClassificationTask
+    from tenfold.data.datamodules import ClassificationData
+    from tenfold.engine.optim import OptimConfig
+    from tenfold.engine.quick import quick_fit
+
+    data = ClassificationData(**{**BUILTIN, "dataset": run.dataset})
+    task = ClassificationTask(
+        model=run.model, num_classes=10, optim=OptimConfig(opt="momentum", lr=run.lr, sched="cosine")
+    )
+    result = quick_fit(
+        task, data, max_steps=run.steps, val_every=max(10, run.steps // 5), out_dir=ctx.out_dir / f"{run.model}-{seed}",
+        seed=seed, max_time_s=ctx.budget_s,
+    )  # fmt: skip
+    return task, result
+
+
+def teacher_run(ctx: DemoContext) -> _Run:
+    """The bigger model trained longer: the classification demo's reference and the distillation teacher."""
+    return _Run("bigger CNN, longer (resnet20)", "builtin", "resnet20", 400 * (10 if ctx.full else 1))
+
+
 @register_demo("classification", budget_s=100.0, title="Classification baseline (built-in scenes, digits)")
 def classification_demo(ctx: DemoContext) -> DemoResult:
     """Train a small CNN briefly and a bigger one longer on built-in scenes, and a small CNN on digits."""
     import torch
 
-    from tenfold.classification import ClassificationTask
-    from tenfold.data.datamodules import ClassificationData
-    from tenfold.engine.optim import OptimConfig
-    from tenfold.engine.quick import quick_fit
     from tenfold.utils.flops import count_flops, count_parameters
 
     scale = 10 if ctx.full else 1
     runs = [
         _Run("small CNN, short (resnet8)", "builtin", "resnet8", 150 * scale),
-        _Run("bigger CNN, longer (resnet20)", "builtin", "resnet20", 400 * scale),
+        teacher_run(ctx),
         _Run("small CNN on digits (resnet8)", "digits", "resnet8", 100 * scale),
     ]
     rows, histories = [], {}
     for run in runs:
-        data = ClassificationData(
-            dataset=run.dataset, num_classes=10, train_size=5000, val_size=1000, batch_size=64, eval_batch_size=500
-        )
-        task = ClassificationTask(
-            model=run.model, num_classes=10, optim=OptimConfig(opt="momentum", lr=run.lr, sched="cosine")
-        )
-        result = quick_fit(
-            task, data, max_steps=run.steps, val_every=max(10, run.steps // 5), out_dir=ctx.out_dir / run.model,
-            seed=ctx.seed, max_time_s=ctx.budget_s,
-        )  # fmt: skip
+        task, result = train(run, ctx, ctx.seed)
+        if run == teacher_run(ctx):
+            ctx.shared[TEACHER_KEY] = (task.model.state_dict(), result.final["val/acc1"])
         histories[run.label] = result.history
         rows.append(
             {

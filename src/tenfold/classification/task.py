@@ -63,13 +63,12 @@ def create_model(name: str, num_classes: int, weights: str | None = None, **kwar
             raise ValueError(f"checkpoint {weights!r} holds no model.* or student.* weights")
         load_state_dict_strict(model, sub, source=weights)
         return model
+    # num_classes in the overlay too: otherwise timm treats a class-count difference as fine-tuning and silently
+    # re-initialises the classifier instead of loading it
+    overlay = {"file": str(weights), "num_classes": num_classes}
     try:
         return timm.create_model(
-            name,
-            pretrained=True,
-            num_classes=num_classes,
-            pretrained_cfg_overlay={"file": str(weights)},
-            **kwargs,
+            name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay, **kwargs
         )
     except RuntimeError as err:  # torch's strict-loading error lists the missing/unexpected keys
         raise ValueError(f"weights {weights!r} do not fit {name}: {err}") from err

@@ -1,0 +1,11 @@
+"""Knowledge distillation: losses (pure PyTorch), feature taps, and the distillation task.
+
+>>> from tenfold.distill import DISTLoss, KDLoss
+"""
+
+from tenfold.distill.dist import DISTLoss
+from tenfold.distill.kd import KDLoss
+from tenfold.distill.taps import FeatureTaps
+from tenfold.distill.task import DistillationTask, DistillTerm
+
+__all__ = ["DISTLoss", "DistillTerm", "DistillationTask", "FeatureTaps", "KDLoss"]

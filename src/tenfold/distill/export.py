@@ -15,7 +15,9 @@ def export_student(checkpoint: str | os.PathLike, out: str | os.PathLike, verify
 
     The file holds the plain student ``state_dict`` (no teacher, connectors or ``student.`` prefix), so it loads
     with ``strict=True`` into the bare model, e.g.
-    ``timm.create_model("resnet8x4", pretrained=True, num_classes=100, pretrained_cfg_overlay=dict(file=out))``.
+    ``timm.create_model("resnet8x4", pretrained=True, num_classes=10, pretrained_cfg_overlay=dict(file=out,
+    num_classes=10))`` (give ``num_classes`` in the overlay too when it differs from the architecture's default
+    configuration; otherwise timm treats the difference as fine-tuning and re-initialises the classifier).
 
     Args:
         checkpoint: a checkpoint written by a distillation run (``DistillationTask``).

@@ -95,4 +95,5 @@ class FinalCheckpoint(pl.Callback):
             return
         if callback._last_global_step_saved == trainer.global_step:
             return
-        trainer.save_checkpoint(Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}")
+        path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+        trainer.save_checkpoint(path, weights_only=False)  # the full training state, so it can be resumed

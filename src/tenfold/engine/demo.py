@@ -19,17 +19,23 @@ from typing import Any
 __all__ = ["DemoContext", "DemoResult", "register_demo", "list_demos", "run_demos"]
 
 #: Modules whose import registers demos; a family adds its module here when it lands.
-DEMO_MODULES = ("tenfold.classification.demo",)
+DEMO_MODULES = ("tenfold.classification.demo", "tenfold.distill.demo")
 
 
 @dataclass
 class DemoContext:
-    """What a demo gets: its output folder, its time budget, and whether to train longer."""
+    """What a demo gets: its output folder, its time budget, whether to train longer, and a cache.
+
+    ``shared`` is one dict for the whole ``tenfold demo`` run: a demo may leave a trained model there for a later
+    demo (the classification demo's bigger model is the distillation demo's teacher), which must still work alone
+    (``--only``) by training it itself when the entry is missing.
+    """
 
     out_dir: Path
     budget_s: float
     full: bool = False
     seed: int = 0
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -127,10 +133,11 @@ def run_demos(
     out_dir = Path(out) if out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=False)
     sections, summary = [], []
+    shared: dict[str, Any] = {}
     for name in names:
         demo = _REGISTRY[name]
         budget = demo.budget_s * (10 if full else 1)
-        ctx = DemoContext(out_dir=out_dir / name, budget_s=budget, full=full)
+        ctx = DemoContext(out_dir=out_dir / name, budget_s=budget, full=full, shared=shared)
         ctx.out_dir.mkdir(parents=True)
         console.rule(f"demo {name} (budget {budget:.0f} s)")
         start = time.perf_counter()

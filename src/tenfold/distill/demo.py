@@ -1,0 +1,95 @@
+"""Demo ``distill``: a student trained with CE only, KD and DIST from the same teacher, same budget, 3 seeds."""
+
+from __future__ import annotations
+
+import statistics
+
+from tenfold.engine.demo import DemoContext, DemoResult, register_demo
+
+SEEDS = (0, 1, 2)
+
+
+def _plot(curves: dict[str, list[list[dict[str, float]]]], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, runs in curves.items():
+        steps = [h["step"] for h in runs[0]]
+        mean = [100 * statistics.fmean(r[i]["val/acc1"] for r in runs) for i in range(len(steps))]
+        ax.plot(steps, mean, marker="o", label=label)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"student validation top-1 (%), mean of {len(SEEDS)} seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@register_demo("distill", budget_s=150.0, title="Knowledge distillation: CE vs KD vs DIST (built-in scenes)")
+def distill_demo(ctx: DemoContext) -> DemoResult:
+    """Distil a resnet20 teacher into a resnet8 student with CE only, KD (tau 4) and DIST (tau 4, weight 2)."""
+    import torch
+
+    from tenfold.classification.demo import BUILTIN, TEACHER_KEY, teacher_run, train
+    from tenfold.data.datamodules import ClassificationData
+    from tenfold.distill import DistillationTask, DistillTerm, DISTLoss, KDLoss
+    from tenfold.engine.optim import OptimConfig
+    from tenfold.engine.quick import quick_fit
+
+    if TEACHER_KEY not in ctx.shared:  # run alone (--only distill): train the teacher here
+        task, result = train(teacher_run(ctx), ctx, ctx.seed)
+        ctx.shared[TEACHER_KEY] = (task.model.state_dict(), result.final["val/acc1"])
+    state, teacher_acc = ctx.shared[TEACHER_KEY]
+    teacher_file = ctx.out_dir / "teacher_resnet20.pth"
+    torch.save(state, teacher_file)
+
+    steps = 150 * (10 if ctx.full else 1)
+    methods = {
+        "CE only": lambda: [],
+        "CE + KD (tau 4)": lambda: [DistillTerm(KDLoss(tau=4.0), weight=1.0)],
+        "CE + 2 DIST (tau 4)": lambda: [DistillTerm(DISTLoss(beta=1.0, gamma=1.0, tau=4.0), weight=2.0)],
+    }
+    rows, curves = [], {}
+    for label, make_terms in methods.items():
+        accs, seconds, runs = [], [], []
+        for seed in SEEDS:
+            task = DistillationTask(
+                student="resnet8", teacher="resnet20", num_classes=10, teacher_weights=str(teacher_file),
+                terms=make_terms(),
+                optim=OptimConfig(opt="momentum", lr=0.05, sched="cosine"),
+            )  # fmt: skip
+            result = quick_fit(
+                task, ClassificationData(**BUILTIN), max_steps=steps, val_every=max(10, steps // 5),
+                out_dir=ctx.out_dir / f"{label.split()[-1]}-{seed}", seed=seed,
+            )  # fmt: skip
+            accs.append(100 * result.final["val/acc1"])
+            seconds.append(result.seconds)
+            runs.append(result.history)
+        curves[label] = runs
+        rows.append(
+            {
+                "student (resnet8)": label,
+                "top-1 mean (%)": statistics.fmean(accs),
+                "top-1 std": statistics.stdev(accs),
+                "seeds": len(SEEDS),
+                "steps": steps,
+                "s / run": round(statistics.fmean(seconds), 1),
+            }
+        )
+    plot = ctx.out_dir / "student_val_top1.png"
+    _plot(curves, plot)
+    ce, kd, dist = (r["top-1 mean (%)"] for r in rows)
+    notes = (
+        f"Teacher: resnet20 trained longer on the same data, {100 * teacher_acc:.1f} % top-1. Student: resnet8, "
+        f"{steps} steps, batch 64, SGD lr 0.05 cosine, seeds {list(SEEDS)}, identical data order per seed. "
+        f"KD vs CE: {kd - ce:+.1f} points; DIST vs CE: {dist - ce:+.1f}; DIST vs KD: {dist - kd:+.1f}. "
+        "DIST's advantage in the paper comes with teachers much stronger than the student (bigger models or stronger "
+        "recipes), where KL matching over-constrains the student; with a teacher only moderately better than the "
+        "student and a short schedule, plain KD is expected to be as good or better (the spec's toy run shows the "
+        "same: KD 86.5 % vs DIST 84.1 %)."
+    )
+    return DemoResult(rows=rows, plots=[plot], notes=notes)
