@@ -21,7 +21,7 @@ VIT = [
     "--model.init_args.model", "vit_tiny_patch16_224",
     "--model.init_args.model_kwargs", VIT_KWARGS,
     "--model.init_args.optim.opt", "adamw",
-    "--model.init_args.optim.lr", "0.001",
+    "--model.init_args.optim.lr", "0.003",
     "--model.init_args.optim.weight_decay", "0.05",
     "--trainer.max_steps", "12",
     "--trainer.max_epochs", "-1",
@@ -45,7 +45,7 @@ def test_two_processes_match_one_with_same_global_batch(tmp_path):
     pl.seed_everything(0)
     init = ClassificationTask(model="vit_tiny_patch16_224", num_classes=10, model_kwargs=json.loads(VIT_KWARGS))
     moved = max((init.state_dict()[k] - v).abs().max().item() for k, v in single["state_dict"].items())
-    assert moved > 100 * ATOL
+    assert moved > 20 * ATOL
 
     # Metrics: each process validates half of the 128 images; the logged value must be the full-set value.
     m_single = json.loads((tmp_path / "single" / "metrics.json").read_text())

@@ -11,6 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 
 from tenfold.utils.checkpoint import atomic_write
 
@@ -75,7 +76,7 @@ class FinalMetrics(pl.Callback):
         self._write(trainer, "fit")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
-        if not trainer.training and not trainer.sanity_checking:
+        if trainer.state.fn == TrainerFn.VALIDATING:  # the `validate` command, not validation inside `fit`
             self._write(trainer, "validate")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
