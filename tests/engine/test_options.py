@@ -6,10 +6,11 @@ import json
 import math
 
 import torch
-from conftest import FAST
 
 from tenfold.cli import main
 from tenfold.utils.checkpoint import load_checkpoint
+
+from conftest import FAST
 
 STEPS = ["--trainer.max_steps", "3", "--trainer.max_epochs", "-1", "--trainer.val_check_interval", "3"]
 

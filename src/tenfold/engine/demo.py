@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DemoContext", "DemoResult", "register_demo", "list_demos", "run_demos"]
+__all__ = ["DemoContext", "DemoResult", "list_demos", "markdown_table", "register_demo", "run_demos"]
 
 #: Modules whose import registers demos; a family adds its module here when it lands.
 DEMO_MODULES = ("tenfold.classification.demo", "tenfold.distill.demo")
@@ -83,7 +83,8 @@ def list_demos() -> list[str]:
     return list(_REGISTRY)
 
 
-def _markdown_table(rows: list[dict[str, Any]]) -> str:
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of ``rows`` (dicts; columns in order of first appearance, floats to 4 significant digits)."""
     if not rows:
         return "_no rows_\n"
     keys: list[str] = []
@@ -159,11 +160,11 @@ def run_demos(
         console.print(table)
         plots = "\n".join(f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in result.plots)
         sections.append(
-            f"## {demo.title}\n\n{_markdown_table(result.rows)}\n{result.notes}\n\n{plots}\n\n"
+            f"## {demo.title}\n\n{markdown_table(result.rows)}\n{result.notes}\n\n{plots}\n\n"
             f"_{elapsed:.1f} s (budget {budget:.0f} s)_\n"
         )
         # rewrite the report after every demo so an interruption keeps what finished
-        report = "# tenfold demo report\n\n" + _markdown_table(summary) + "\n" + "\n".join(sections)
+        report = "# tenfold demo report\n\n" + markdown_table(summary) + "\n" + "\n".join(sections)
         with atomic_write(out_dir / "report.md") as tmp:
             tmp.write_text(report)
     console.print(f"report: {out_dir / 'report.md'}")
