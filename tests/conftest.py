@@ -28,6 +28,17 @@ FAST = [
 ]  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one torch thread: tiny CPU kernels are faster so, above all on a loaded machine."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def run_tenfold(
     args: list[str], cwd: Path, *, threads: int = 1, check: bool = True, timeout: float = 300
 ) -> subprocess.CompletedProcess:

@@ -15,13 +15,7 @@ MODELS = tenfold.models.list_models()
 BATCH = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny CPU kernels run faster on one thread, and far faster when other processes load the cores.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _input(model: nn.Module) -> torch.Tensor:

@@ -30,12 +30,7 @@ PAPER_PARAMS = {
 PAPER_MACS = {"resnet8x4": 177.1e6, "resnet32x4": 1.083e9}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Opaque:
