@@ -3,9 +3,10 @@
 >>> from tenfold.distill import DISTLoss, KDLoss
 """
 
+from tenfold.distill.diffkd import DiffKD, DiffKDLoss
 from tenfold.distill.dist import DISTLoss
 from tenfold.distill.kd import KDLoss
 from tenfold.distill.taps import FeatureTaps
 from tenfold.distill.task import DistillationTask, DistillTerm
 
-__all__ = ["DISTLoss", "DistillTerm", "DistillationTask", "FeatureTaps", "KDLoss"]
+__all__ = ["DISTLoss", "DiffKD", "DiffKDLoss", "DistillTerm", "DistillationTask", "FeatureTaps", "KDLoss"]

@@ -147,7 +147,9 @@ class DistillationTask(pl.LightningModule):
     def _check_wiring(self, input_size: tuple[int, int, int]) -> None:
         """Run a dummy batch once: size the connectors and make every loss accept its inputs before training."""
         was_training = self.student.training
+        # eval mode: the dummy batch must not touch BatchNorm statistics of the student or of learnable losses
         self.student.eval()
+        self.losses.eval()
         with torch.no_grad():
             _, student, teacher = self._tap_values(torch.zeros(2, *input_size))
             for name, term in zip(self.term_names, self.terms, strict=True):
@@ -165,6 +167,7 @@ class DistillationTask(pl.LightningModule):
                     )
                 term.loss(s, t)
         self.student.train(was_training)
+        self.losses.train(was_training)
 
     def setup(self, stage: str) -> None:
         """Check that the data's class count matches the models before the first batch."""
@@ -192,7 +195,15 @@ class DistillationTask(pl.LightningModule):
             s = student[term.student]
             if name in self.connectors:
                 s = self.connectors[name](s)
-            value = self.losses[name](s, teacher[term.teacher])
+            loss_fn = self.losses[name]
+            if hasattr(loss_fn, "forward_parts"):  # losses that expose their terms (DIST, DiffKD) get each logged
+                parts = loss_fn.forward_parts(s, teacher[term.teacher])
+                value = parts.total
+                for part, part_value in parts._asdict().items():
+                    if part != "total" and isinstance(part_value, torch.Tensor) and part_value.numel() == 1:
+                        self.log(f"train/{name}_{part}", part_value, batch_size=batch_size, sync_dist=True)
+            else:
+                value = loss_fn(s, teacher[term.teacher])
             total = total + term.weight * value
             self.log(f"train/{name}", value, batch_size=batch_size, sync_dist=True)
         self.train_metrics.update(logits.detach(), labels)

@@ -101,6 +101,17 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _quiet_lightning() -> None:
+    """Keep the demo's console to its tables: Lightning's per-run banners and known harmless warnings go."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (".*LeafSpec.*", r"Found .* module\(s\) in eval mode", ".*log_every_n_steps.*", ".*litlogger.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def run_demos(
     only: list[str] | None = None, out: str | Path | None = None, full: bool = False, console: Any = None
 ) -> Path:
@@ -125,6 +136,7 @@ def run_demos(
     from tenfold.utils.checkpoint import atomic_write
 
     console = console or Console()
+    _quiet_lightning()
     names = list_demos()
     if only:
         unknown = [n for n in only if n not in _REGISTRY]
