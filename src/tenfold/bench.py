@@ -13,7 +13,7 @@ from typing import Any
 __all__ = ["register_bench", "list_benches", "run_bench"]
 
 #: Modules whose import registers benchmarks; a family adds its module here when it lands.
-BENCH_MODULES = ("tenfold.classification.bench",)
+BENCH_MODULES = ("tenfold.classification.bench", "tenfold.distill.bench")
 
 _REGISTRY: dict[str, tuple[Callable[[bool], list[dict[str, Any]]], str]] = {}
 

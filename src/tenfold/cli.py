@@ -54,10 +54,8 @@ def _demo(argv: list[str]) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from tenfold.bench import list_benches, run_bench
+    from tenfold.engine.demo import markdown_table
 
     parser = argparse.ArgumentParser(
         prog="tenfold bench",
@@ -73,13 +71,8 @@ def _bench(argv: list[str]) -> int:
             print(f"{name:20s} {desc}")
         return 0
     rows = run_bench(args.name, quick=args.quick)
-    table = Table(title=f"tenfold bench {args.name}")
-    keys = list(rows[0]) if rows else []
-    for key in keys:
-        table.add_column(key)
-    for row in rows:
-        table.add_row(*(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys))
-    Console().print(table)
+    # markdown: readable in a terminal of any width, and pastes into docs as is
+    print(f"tenfold bench {args.name}\n\n{markdown_table(rows)}")
     return 0
 
 

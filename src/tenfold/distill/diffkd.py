@@ -331,6 +331,9 @@ class DiffKD(nn.Module):
         use_ae: Compress the teacher feature with a linear autoencoder and diffuse in its latent space.
         ae_channels: Latent width of the AE; ``None`` means ``teacher_channels // 2``. The official ImageNet
             recipes use 1024 for every teacher (an expansion for 512-channel ResNet-34 features).
+        proj_norm: ``proj`` = 1x1 conv + BatchNorm, as in the classification framework whose recipes and
+            checkpoints the spec follows (default); ``False`` gives the standalone DiffKD repository's bare 1x1 conv
+            (commit 2393a4a), so weights of either official code load with ``strict=True``.
 
     Raises:
         ValueError: On an unknown kernel size, non-positive widths or steps, ``2 * inference_steps >
@@ -339,7 +342,7 @@ class DiffKD(nn.Module):
     Fidelity:
         - State dict keys, shapes and order are the official ones: ``ae`` (if used), ``trans``, ``model``,
           ``noise_adapter``, ``proj`` (``proj`` = conv + BN as in the classification framework; the standalone
-          repository's ``proj`` is a bare conv). The scheduler holds no state-dict entries.
+          repository's bare conv with ``proj_norm=False``). The scheduler holds no state-dict entries.
         - Train and eval run the same code; only BatchNorm differs. In training mode every BN of ``model`` sees 6
           batches per forward (5 denoising steps on the student chain, 1 on the noised target), and its running
           statistics mix both, as officially.
@@ -366,6 +369,7 @@ class DiffKD(nn.Module):
         num_train_timesteps: int = 1000,
         use_ae: bool = False,
         ae_channels: int | None = None,
+        proj_norm: bool = True,
     ) -> None:
         super().__init__()
         if kernel_size not in (1, 3):
@@ -403,7 +407,13 @@ class DiffKD(nn.Module):
         self.trans = nn.Conv2d(student_channels, latent, 1)
         self.model = DiffusionModel(latent, kernel_size)
         self.noise_adapter = NoiseAdapter(latent, kernel_size)
-        self.proj = nn.Sequential(nn.Conv2d(latent, latent, 1), nn.BatchNorm2d(latent))
+        # two official layouts: conv + BN (classification framework, keys proj.0/proj.1) or a bare conv (the
+        # standalone DiffKD repository, keys proj.weight/proj.bias)
+        self.proj = (
+            nn.Sequential(nn.Conv2d(latent, latent, 1), nn.BatchNorm2d(latent))
+            if proj_norm
+            else nn.Conv2d(latent, latent, 1)
+        )
         # A plain object, not a module: no parameters, no state-dict entries.
         self.scheduler = make_ddim_scheduler(num_train_timesteps, inference_steps)
 
@@ -567,6 +577,7 @@ class DiffKDLoss(DiffKD):
         use_ae: Use the autoencoder; ``None`` = official choice (feature: yes, logits: no).
         ae_channels: AE latent width (official 1024 for every ImageNet teacher); ignored without AE.
         tau: KL temperature for logits (official 1); must stay 1.0 for features.
+        proj_norm: see :class:`DiffKD` (``False``: the standalone repository's bare ``proj`` conv).
 
     Raises:
         ValueError: On an unknown ``kind``, tau <= 0, tau != 1 for features, or AE on logits, plus the
@@ -594,6 +605,7 @@ class DiffKDLoss(DiffKD):
         use_ae: bool | None = None,
         ae_channels: int | None = 1024,
         tau: float = 1.0,
+        proj_norm: bool = True,
     ) -> None:
         if kind not in ("feature", "logits"):
             raise ValueError(f"kind must be 'feature' or 'logits', got {kind!r}")
@@ -613,6 +625,7 @@ class DiffKDLoss(DiffKD):
             num_train_timesteps=num_train_timesteps,
             use_ae=use_ae,
             ae_channels=ae_channels if use_ae else None,
+            proj_norm=proj_norm,
         )
         self.kind = kind
         self.tau = float(tau)

@@ -184,27 +184,39 @@ class DistillationTask(pl.LightningModule):
         """The student's logits (B, num_classes): at inference the teacher and the terms are not used."""
         return self.student(x)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
-        images, labels = batch
+    def compute_loss(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The total training loss of a batch, the student's logits, and every term to log (unweighted).
+
+        Losses that expose ``forward_parts`` (DIST, DiffKD) also report each part as ``<term>_<part>``.
+        """
         logits, student, teacher = self._tap_values(images)
-        batch_size = labels.numel()
         ce = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         total = self.ce_weight * ce
-        self.log("train/ce", ce, batch_size=batch_size, sync_dist=True)
+        logs = {"ce": ce}
         for name, term in zip(self.term_names, self.terms, strict=True):
-            s = student[term.student]
+            s, t = student[term.student], teacher[term.teacher]
             if name in self.connectors:
                 s = self.connectors[name](s)
             loss_fn = self.losses[name]
-            if hasattr(loss_fn, "forward_parts"):  # losses that expose their terms (DIST, DiffKD) get each logged
-                parts = loss_fn.forward_parts(s, teacher[term.teacher])
+            if hasattr(loss_fn, "forward_parts"):
+                parts = loss_fn.forward_parts(s, t)
                 value = parts.total
                 for part, part_value in parts._asdict().items():
                     if part != "total" and isinstance(part_value, torch.Tensor) and part_value.numel() == 1:
-                        self.log(f"train/{name}_{part}", part_value, batch_size=batch_size, sync_dist=True)
+                        logs[f"{name}_{part}"] = part_value
             else:
-                value = loss_fn(s, teacher[term.teacher])
+                value = loss_fn(s, t)
+            logs[name] = value
             total = total + term.weight * value
+        return total, logits, logs
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
+        images, labels = batch
+        total, logits, logs = self.compute_loss(images, labels)
+        batch_size = labels.numel()
+        for name, value in logs.items():
             self.log(f"train/{name}", value, batch_size=batch_size, sync_dist=True)
         self.train_metrics.update(logits.detach(), labels)
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size, sync_dist=True)
