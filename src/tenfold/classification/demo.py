@@ -52,14 +52,16 @@ def train(run: _Run, ctx: DemoContext, seed: int):
     from tenfold.engine.quick import quick_fit
 
     data = ClassificationData(**{**BUILTIN, "dataset": run.dataset})
-    task = ClassificationTask(
-        model=run.model, num_classes=10, optim=OptimConfig(opt="momentum", lr=run.lr, sched="cosine")
-    )
+
+    def make_task() -> ClassificationTask:
+        optim = OptimConfig(opt="momentum", lr=run.lr, sched="cosine")
+        return ClassificationTask(model=run.model, num_classes=10, optim=optim)
+
     result = quick_fit(
-        task, data, max_steps=run.steps, val_every=max(10, run.steps // 5), out_dir=ctx.out_dir / f"{run.model}-{seed}",
-        seed=seed, max_time_s=ctx.budget_s,
+        make_task, data, max_steps=run.steps, val_every=max(10, run.steps // 5),
+        out_dir=ctx.out_dir / f"{run.model}-{seed}", seed=seed, max_time_s=ctx.budget_s,
     )  # fmt: skip
-    return task, result
+    return result.task, result
 
 
 def teacher_run(ctx: DemoContext) -> _Run:

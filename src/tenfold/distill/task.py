@@ -129,6 +129,7 @@ class DistillationTask(pl.LightningModule):
         self.teacher_val_metrics = classification_metrics(num_classes, "val/teacher_")
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
+        self._teacher_evaluated = False
 
     # -- wiring -----------------------------------------------------------------------------------------------
     def _tap_values(
@@ -233,12 +234,17 @@ class DistillationTask(pl.LightningModule):
         mean_loss.update(F.cross_entropy(logits, labels), weight=labels.numel())
         self.log(f"{stage}/loss", mean_loss, batch_size=labels.numel())
         self.log_dict(metrics, prog_bar=stage == "val")
-        if stage == "val":
+        if stage == "val" and not self._teacher_evaluated:
+            # the teacher is frozen: its accuracy is measured in the first validation only
             self.teacher_val_metrics.update(self.teacher(images), labels)
             self.log_dict(self.teacher_val_metrics)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:  # noqa: D102
         self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:  # noqa: D102
+        if not self.trainer.sanity_checking:
+            self._teacher_evaluated = True
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:  # noqa: D102
         self._eval_step(batch, "test")

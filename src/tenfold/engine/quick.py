@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,17 +30,18 @@ class History(pl.Callback):
 
 @dataclass
 class QuickRun:
-    """Result of :func:`quick_fit`: the validation history, the final metrics and the wall time (seconds)."""
+    """Result of :func:`quick_fit`: validation history, final metrics, wall time (seconds), the trained task."""
 
     history: list[dict[str, float]]
     final: dict[str, float]
     seconds: float
     steps: int
+    task: pl.LightningModule | None = None
     extra: dict[str, float] = field(default_factory=dict)
 
 
 def quick_fit(
-    task: pl.LightningModule,
+    task: pl.LightningModule | Callable[[], pl.LightningModule],
     data: pl.LightningDataModule,
     *,
     max_steps: int,
@@ -51,7 +53,8 @@ def quick_fit(
     """Train ``task`` on ``data`` on the CPU for ``max_steps`` steps, validating every ``val_every`` steps.
 
     Args:
-        task: the LightningModule.
+        task: the LightningModule, or a function that builds it: then it is built after seeding, so that its
+            initial weights depend on ``seed`` alone (pass a function whenever runs are compared across seeds).
         data: the data module.
         max_steps: optimiser steps.
         val_every: validation period in steps (a validation also runs at the end).
@@ -60,6 +63,8 @@ def quick_fit(
         max_time_s: optional hard wall-clock limit (the run stops early, and ``steps`` says where).
     """
     pl.seed_everything(seed, workers=True, verbose=False)
+    if not isinstance(task, pl.LightningModule):
+        task = task()
     history = History()
     trainer = pl.Trainer(
         **{k: v for k, v in TRAINER_DEFAULTS.items() if k not in ("accelerator", "devices")},
@@ -85,4 +90,4 @@ def quick_fit(
         history.records.append({"step": float(trainer.global_step), **final})
     seconds = time.perf_counter() - start
     final = {k: v for k, v in history.records[-1].items() if k != "step"}
-    return QuickRun(history=history.records, final=final, seconds=seconds, steps=trainer.global_step)
+    return QuickRun(history=history.records, final=final, seconds=seconds, steps=trainer.global_step, task=task)
