@@ -167,3 +167,22 @@ def test_tiny_recipes_and_two_process_distillation(tmp_path):
     out = tmp_path / "student.safetensors"
     run_tenfold(["export-student", str(tmp_path / "ddp" / "checkpoints" / "last.ckpt"), str(out)], tmp_path)
     assert set(load_file(out)) == set(timm.create_model("resnet8", num_classes=10).state_dict())
+
+
+def test_official_kd_student_with_diffkd_keys_loads_as_plain_model(tmp_path):
+    """Official students carry `_diff.*` (DiffKD blocks) and `_align.*` keys; the plain model loads the rest."""
+    torch.manual_seed(0)
+    student = timm.create_model("resnet18", num_classes=10)
+    state = {**student.state_dict(), "_diff.layer4.trans.weight": torch.randn(4, 4, 1, 1),
+             "_diff.fc.proj.0.bias": torch.randn(4)}  # fmt: skip
+    path = tmp_path / "official_student.pth"
+    torch.save({"epoch": 99, "model": state, "ema_model": None}, path)
+    from tenfold.classification.task import create_model
+
+    loaded = create_model("resnet18", 10, str(path))
+    for key, value in student.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    del state["fc.weight"]  # anything else missing still fails, naming the key
+    torch.save({"model": state}, path)
+    with pytest.raises(ValueError, match="fc.weight"):
+        create_model("resnet18", 10, str(path))

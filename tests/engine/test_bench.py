@@ -25,3 +25,13 @@ def test_bench_cli(capsys):
     assert "models" in capsys.readouterr().out
     assert main(["bench", "nope"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_diffkd_bench_reports_block_costs_and_ratios():
+    rows = run_bench("diffkd", quick=True)
+    feature, logits, kd, diffkd = rows
+    assert feature["params (M)"] == pytest.approx(7.64, abs=0.01)  # spec: 7.64 M
+    assert feature["MACs / image (G)"] == pytest.approx(1.11, abs=0.01)  # spec: about 1.11 G
+    assert logits["params (M)"] == pytest.approx(23.32, abs=0.01)
+    assert kd["time ratio"] == kd["memory ratio"] == 1.0
+    assert diffkd["time ratio"] > 1.0 and diffkd["memory ratio"] > 1.0  # DiffKD adds work on top of the same step

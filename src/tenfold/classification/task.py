@@ -17,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 import tenfold.models  # noqa: F401  (registers the tenfold architectures with timm)
 from tenfold.engine.optim import OptimConfig, configure_optimizers, timm_scheduler_step
 from tenfold.engine.rundir import last_checkpoint
-from tenfold.utils.checkpoint import load_checkpoint
+from tenfold.utils.checkpoint import load_checkpoint, unwrap_state_dict
 
 __all__ = [
     "ClassificationTask",
@@ -26,6 +26,11 @@ __all__ = [
     "create_model",
     "load_state_dict_strict",
 ]
+
+
+#: Key prefixes that the official KD framework (hunto/image_classification_sota) attaches to students: ``_diff.*``
+#: (DiffKD blocks) and ``_align.*`` (feature aligners). Dropped when such a student is loaded as a plain model.
+OFFICIAL_KD_PREFIXES = ("_diff.", "_align.")
 
 
 def create_model(name: str, num_classes: int, weights: str | None = None, **kwargs: Any) -> torch.nn.Module:
@@ -37,7 +42,8 @@ def create_model(name: str, num_classes: int, weights: str | None = None, **kwar
         weights: optional local file: a tenfold training checkpoint (the model is taken from its ``model.*`` or
             ``student.*`` weights; a run folder, or a folder of runs such as ``runs/tiny_teacher``, means its most
             recent ``checkpoints/last.ckpt``), or a released/plain state dict (``.pth``/``.pt``/``.safetensors``),
-            loaded through timm's loader with the family's ``checkpoint_filter_fn``. Keys must match exactly.
+            loaded through timm's loader with the family's ``checkpoint_filter_fn``. Keys must match exactly, except
+            the ``_diff.*``/``_align.*`` keys that official KD students carry, which are dropped.
         **kwargs: further architecture arguments.
 
     Raises:
@@ -62,6 +68,17 @@ def create_model(name: str, num_classes: int, weights: str | None = None, **kwar
         else:
             raise ValueError(f"checkpoint {weights!r} holds no model.* or student.* weights")
         load_state_dict_strict(model, sub, source=weights)
+        return model
+    try:
+        state = unwrap_state_dict(checkpoint)
+    except ValueError:  # not a flat state dict (e.g. EMA-first layouts): timm's loader below knows those
+        state = {}
+    if any(k.startswith(OFFICIAL_KD_PREFIXES) for k in state):
+        # an official KD student: the training code attached its loss modules (DiffKD blocks, aligners) to the
+        # student, so its state dict carries foreign keys; the student itself is the rest, loaded strictly
+        model = timm.create_model(name, num_classes=num_classes, **kwargs)
+        student = {k: v for k, v in state.items() if not k.startswith(OFFICIAL_KD_PREFIXES)}
+        load_state_dict_strict(model, student, source=weights)
         return model
     # num_classes in the overlay too: otherwise timm treats a class-count difference as fine-tuning and silently
     # re-initialises the classifier instead of loading it
