@@ -106,6 +106,8 @@ def _quiet_lightning() -> None:
     import logging
     import warnings
 
+    import lightning.pytorch  # noqa: F401  (its import sets its loggers to INFO: import first, then quieten)
+
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (".*LeafSpec.*", r"Found .* module\(s\) in eval mode", ".*log_every_n_steps.*", ".*litlogger.*"):
