@@ -27,6 +27,10 @@ _STATS = {
 }
 
 
+#: Built-in datasets already generated in this process, by (split, classes, size, seed, image size).
+_BUILTIN_CACHE: dict[tuple[str, int, int, int, int], Dataset] = {}
+
+
 class IndexedDataset(Dataset):
     """Wrap a ``(image, label)`` dataset so that items are ``(image, label, index)``."""
 
@@ -129,9 +133,14 @@ class ClassificationData(pl.LightningDataModule):
             from tenfold.data.builtin import BuiltinClassification
 
             size = {"train": hp.train_size, "val": hp.val_size, "test": hp.test_size}[split]
-            return BuiltinClassification(
-                split=split, num_classes=hp.num_classes, size=size, seed=hp.data_seed, image_size=hp.image_size
-            )
+            key = (split, hp.num_classes, size, hp.data_seed, hp.image_size)
+            if key not in _BUILTIN_CACHE:  # generated data is deterministic: repeated runs in one process share it
+                if len(_BUILTIN_CACHE) >= 8:
+                    _BUILTIN_CACHE.clear()
+                _BUILTIN_CACHE[key] = BuiltinClassification(
+                    split=split, num_classes=hp.num_classes, size=size, seed=hp.data_seed, image_size=hp.image_size
+                )
+            return _BUILTIN_CACHE[key]
         if self.dataset_name == "digits":
             from tenfold.data.builtin import DigitsClassification
 

@@ -47,7 +47,7 @@ def distill_demo(ctx: DemoContext) -> DemoResult:
     teacher_file = ctx.out_dir / "teacher_resnet20.pth"
     torch.save(state, teacher_file)
 
-    steps = 150 * (10 if ctx.full else 1)
+    steps = 120 * (10 if ctx.full else 1)
     methods = {
         "CE only": lambda: [],
         "CE + KD (tau 4)": lambda: [DistillTerm(KDLoss(tau=4.0), weight=1.0)],
