@@ -21,6 +21,7 @@ from tenfold.utils.checkpoint import load_checkpoint, unwrap_state_dict
 
 __all__ = [
     "ClassificationTask",
+    "ClassifierTask",
     "check_num_classes",
     "classification_metrics",
     "create_model",
@@ -128,7 +129,57 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
     )
 
 
-class ClassificationTask(pl.LightningModule):
+class ClassifierTask(pl.LightningModule):
+    """Shared glue of tasks whose ``forward`` returns class logits: metrics, evaluation, optimiser hooks.
+
+    Subclasses call :meth:`init_metrics` in ``__init__``, implement ``forward`` and ``training_step``, and name
+    what the optimiser trains in :meth:`trainable_modules`. Validation and test log ``<stage>/loss``,
+    ``<stage>/acc1`` and ``<stage>/acc5`` (fractions; torchmetrics states reduce exactly across processes).
+    """
+
+    optim: OptimConfig
+
+    def init_metrics(self, num_classes: int) -> None:
+        """Create the train/val/test accuracy collections and the mean evaluation losses."""
+        self.train_metrics = classification_metrics(num_classes, "train/")
+        self.val_metrics = classification_metrics(num_classes, "val/")
+        self.test_metrics = classification_metrics(num_classes, "test/")
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+
+    def trainable_modules(self) -> torch.nn.Module:
+        """What the optimiser trains (timm builds weight-decay groups from it)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        """Check that the data's class count matches the classifier before the first batch."""
+        check_num_classes(self, self.hparams.num_classes)
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        images, labels = batch
+        logits = self(images)
+        metrics, mean_loss = (
+            (self.val_metrics, self.val_loss) if stage == "val" else (self.test_metrics, self.test_loss)
+        )
+        metrics.update(logits, labels)
+        mean_loss.update(F.cross_entropy(logits, labels), weight=labels.numel())
+        self.log(f"{stage}/loss", mean_loss, batch_size=labels.numel())
+        self.log_dict(metrics, prog_bar=stage == "val")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:  # noqa: D102
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:  # noqa: D102
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self) -> Any:  # noqa: D102
+        return configure_optimizers(self, self.trainable_modules(), self.optim)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:  # noqa: D102
+        timm_scheduler_step(self, scheduler)
+
+
+class ClassificationTask(ClassifierTask):
     """Train and evaluate an image classifier with cross-entropy.
 
     Logs ``train/loss``, ``train/acc1``, ``val/loss``, ``val/acc1``, ``val/acc5`` (and ``test/*``) as fractions in
@@ -161,15 +212,10 @@ class ClassificationTask(pl.LightningModule):
         self.hparams["optim"] = asdict(self.optim)
         self.model = create_model(model, num_classes, weights, **(model_kwargs or {}))
         self.label_smoothing = label_smoothing
-        self.train_metrics = classification_metrics(num_classes, "train/")
-        self.val_metrics = classification_metrics(num_classes, "val/")
-        self.test_metrics = classification_metrics(num_classes, "test/")
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
+        self.init_metrics(num_classes)
 
-    def setup(self, stage: str) -> None:
-        """Check that the data's class count matches the classifier before the first batch."""
-        check_num_classes(self, self.hparams.num_classes)
+    def trainable_modules(self) -> torch.nn.Module:  # noqa: D102
+        return self.model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) of images (B, 3, H, W)."""
@@ -183,27 +229,3 @@ class ClassificationTask(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=labels.numel(), sync_dist=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
-
-    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
-        images, labels = batch
-        logits = self(images)
-        loss = F.cross_entropy(logits, labels)
-        metrics, mean_loss = (
-            (self.val_metrics, self.val_loss) if stage == "val" else (self.test_metrics, self.test_loss)
-        )
-        metrics.update(logits, labels)
-        mean_loss.update(loss, weight=labels.numel())
-        self.log(f"{stage}/loss", mean_loss, batch_size=labels.numel())
-        self.log_dict(metrics, prog_bar=stage == "val")
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:  # noqa: D102
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:  # noqa: D102
-        self._eval_step(batch, "test")
-
-    def configure_optimizers(self) -> Any:  # noqa: D102
-        return configure_optimizers(self, self.model, self.optim)
-
-    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:  # noqa: D102
-        timm_scheduler_step(self, scheduler)

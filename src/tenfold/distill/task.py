@@ -12,15 +12,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
 
-from tenfold.classification.task import check_num_classes, classification_metrics, create_model
+from tenfold.classification.task import ClassifierTask, classification_metrics, create_model
 from tenfold.distill.taps import LOGITS, FeatureTaps
-from tenfold.engine.optim import OptimConfig, configure_optimizers, timm_scheduler_step
+from tenfold.engine.optim import OptimConfig
 
 __all__ = ["DistillTerm", "DistillationTask"]
 
@@ -51,7 +49,7 @@ def _connector(c_in: int, c_out: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
 
 
-class DistillationTask(pl.LightningModule):
+class DistillationTask(ClassifierTask):
     """Distil a frozen teacher into a student for image classification.
 
     The teacher is frozen (no gradients), kept in eval mode (its BatchNorm statistics never change) and run under
@@ -123,12 +121,8 @@ class DistillationTask(pl.LightningModule):
         self._check_wiring(input_size)
         self.label_smoothing = label_smoothing
         self.ce_weight = ce_weight
-        self.train_metrics = classification_metrics(num_classes, "train/")
-        self.val_metrics = classification_metrics(num_classes, "val/")
-        self.test_metrics = classification_metrics(num_classes, "test/")
+        self.init_metrics(num_classes)
         self.teacher_val_metrics = classification_metrics(num_classes, "val/teacher_")
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
         self._teacher_evaluated = False
 
     # -- wiring -----------------------------------------------------------------------------------------------
@@ -169,10 +163,6 @@ class DistillationTask(pl.LightningModule):
                 term.loss(s, t)
         self.student.train(was_training)
         self.losses.train(was_training)
-
-    def setup(self, stage: str) -> None:
-        """Check that the data's class count matches the models before the first batch."""
-        check_num_classes(self, self.hparams.num_classes)
 
     def train(self, mode: bool = True) -> DistillationTask:
         """Switch the student (and connectors) to ``mode``; the teacher always stays in eval mode."""
@@ -224,35 +214,18 @@ class DistillationTask(pl.LightningModule):
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return total
 
-    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
-        images, labels = batch
-        logits = self.student(images)
-        metrics, mean_loss = (
-            (self.val_metrics, self.val_loss) if stage == "val" else (self.test_metrics, self.test_loss)
-        )
-        metrics.update(logits, labels)
-        mean_loss.update(F.cross_entropy(logits, labels), weight=labels.numel())
-        self.log(f"{stage}/loss", mean_loss, batch_size=labels.numel())
-        self.log_dict(metrics, prog_bar=stage == "val")
-        if stage == "val" and not self._teacher_evaluated:
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:  # noqa: D102
+        super().validation_step(batch, batch_idx)
+        if not self._teacher_evaluated:
             # the teacher is frozen: its accuracy is measured in the first validation only
+            images, labels = batch
             self.teacher_val_metrics.update(self.teacher(images), labels)
             self.log_dict(self.teacher_val_metrics)
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:  # noqa: D102
-        self._eval_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:  # noqa: D102
         if not self.trainer.sanity_checking:
             self._teacher_evaluated = True
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:  # noqa: D102
-        self._eval_step(batch, "test")
-
-    def configure_optimizers(self) -> Any:  # noqa: D102
-        # the student and the connectors are optimised; the frozen teacher is not
-        params = nn.ModuleDict({"student": self.student, "connectors": self.connectors, "losses": self.losses})
-        return configure_optimizers(self, params, self.optim)
-
-    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:  # noqa: D102
-        timm_scheduler_step(self, scheduler)
+    def trainable_modules(self) -> nn.Module:
+        """The student, the connectors and the learnable losses (DiffKD); never the frozen teacher."""
+        return nn.ModuleDict({"student": self.student, "connectors": self.connectors, "losses": self.losses})
