@@ -1,6 +1,7 @@
 """``tenfold bench NAME``: registered comparisons that print ratios against a baseline measured in the same run.
 
-A benchmark is a function ``fn(quick: bool) -> list[dict]`` returning table rows. Numbers are measurements of this
+A benchmark is a function ``fn(quick: bool)`` returning table rows (a list of dicts), or several titled tables
+(a dict ``{title: rows}``) when its measurements do not share columns. Numbers are measurements of this
 machine at this moment: they are reported, never asserted in tests.
 """
 
@@ -10,18 +11,18 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["register_bench", "list_benches", "run_bench"]
+__all__ = ["register_bench", "list_benches", "run_bench", "bench_markdown"]
 
 #: Modules whose import registers benchmarks; a family adds its module here when it lands.
-BENCH_MODULES = ("tenfold.classification.bench", "tenfold.distill.bench")
+BENCH_MODULES = ("tenfold.classification.bench", "tenfold.distill.bench", "tenfold.models.bench")
 
-_REGISTRY: dict[str, tuple[Callable[[bool], list[dict[str, Any]]], str]] = {}
+_REGISTRY: dict[str, tuple[Callable[[bool], Any], str]] = {}
 
 
 def register_bench(name: str, description: str) -> Callable:
-    """Register ``fn(quick) -> rows`` as the benchmark ``name``."""
+    """Register ``fn(quick) -> rows | {title: rows}`` as the benchmark ``name``."""
 
-    def wrap(fn: Callable[[bool], list[dict[str, Any]]]) -> Callable[[bool], list[dict[str, Any]]]:
+    def wrap(fn: Callable[[bool], Any]) -> Callable[[bool], Any]:
         _REGISTRY[name] = (fn, description)
         return fn
 
@@ -35,8 +36,11 @@ def list_benches() -> dict[str, str]:
     return {name: desc for name, (_, desc) in _REGISTRY.items()}
 
 
-def run_bench(name: str, quick: bool = False) -> list[dict[str, Any]]:
-    """Run one benchmark and return its rows.
+Rows = list[dict[str, Any]]
+
+
+def run_bench(name: str, quick: bool = False) -> Rows | dict[str, Rows]:
+    """Run one benchmark and return its rows (or its titled tables).
 
     Raises:
         ValueError: ``name`` is not registered.
@@ -45,3 +49,14 @@ def run_bench(name: str, quick: bool = False) -> list[dict[str, Any]]:
     if name not in names:
         raise ValueError(f"unknown benchmark {name!r}; registered: {sorted(names)}")
     return _REGISTRY[name][0](quick)
+
+
+def bench_markdown(name: str, result: Rows | dict[str, Rows]) -> str:
+    """Markdown of a benchmark's result: one table, or one titled table per entry."""
+    from tenfold.engine.demo import markdown_table
+
+    tables = result if isinstance(result, dict) else {"": result}
+    parts = [f"tenfold bench {name}\n"]
+    for title, rows in tables.items():
+        parts.append((f"### {title}\n\n" if title else "") + markdown_table(rows))
+    return "\n".join(parts)

@@ -54,8 +54,7 @@ def _demo(argv: list[str]) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    from tenfold.bench import list_benches, run_bench
-    from tenfold.engine.demo import markdown_table
+    from tenfold.bench import bench_markdown, list_benches, run_bench
 
     parser = argparse.ArgumentParser(
         prog="tenfold bench",
@@ -70,9 +69,8 @@ def _bench(argv: list[str]) -> int:
         for name, desc in list_benches().items():
             print(f"{name:20s} {desc}")
         return 0
-    rows = run_bench(args.name, quick=args.quick)
     # markdown: readable in a terminal of any width, and pastes into docs as is
-    print(f"tenfold bench {args.name}\n\n{markdown_table(rows)}")
+    print(bench_markdown(args.name, run_bench(args.name, quick=args.quick)))
     return 0
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import timm
 from timm.models import get_arch_name, model_entrypoint
 
-from tenfold.models import resnet_cifar  # noqa: F401  (registers the CIFAR ResNets / WRNs)
+from tenfold.models import (
+    lightvit,  # noqa: F401  (registers LightViT-T/S/B)
+    resnet_cifar,  # noqa: F401  (registers the CIFAR ResNets / WRNs)
+)
 
 __all__ = ["list_models"]
 

@@ -38,6 +38,31 @@ class FlopCount:
     by_operator: dict[str, int]
 
 
+def _cpu_attention_formulas() -> dict:
+    """Formulas for the CPU flash-attention kernels that ``FlopCounterMode`` does not know (it would count 0).
+
+    ``F.scaled_dot_product_attention`` on CPU dispatches to ``_scaled_dot_product_flash_attention_for_cpu``; the
+    count is the same as for the CUDA kernels: the two matrix products ``q k^T`` and ``A v``.
+    """
+    from torch.utils import flop_counter
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+    aten = torch.ops.aten
+    formulas = {}
+    for name, formula in (
+        ("_scaled_dot_product_flash_attention_for_cpu", forward),
+        ("_scaled_dot_product_flash_attention_for_cpu_backward", backward),
+    ):
+        if hasattr(aten, name):
+            formulas[getattr(aten, name)] = formula
+    return formulas
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of scalar parameters of ``model`` (shared parameters counted once; buffers never).
 
@@ -77,7 +102,7 @@ def count_flops(model: nn.Module, inputs: torch.Tensor | tuple, *, per_sample: b
             raise ValueError("per_sample=True needs a tensor input whose first dimension is a batch of >= 1")
         batch = first.shape[0]
     modes = {m: m.training for m in model.modules()}
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas())
     try:
         model.eval()
         with torch.no_grad(), counter:
