@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from tenfold.utils.checkpoint import load_checkpoint, unwrap_state_dict
 
 __all__ = [
     "ClassificationTask",
+    "MixupConfig",
     "ClassifierTask",
     "check_num_classes",
     "classification_metrics",
@@ -179,6 +180,38 @@ class ClassifierTask(pl.LightningModule):
         timm_scheduler_step(self, scheduler)
 
 
+@dataclass
+class MixupConfig:
+    """Mixup / CutMix on the training batch (timm ``Mixup``), with soft-target cross-entropy.
+
+    Attributes:
+        mixup_alpha: Beta(alpha, alpha) of mixup; 0 disables mixup.
+        cutmix_alpha: Beta(alpha, alpha) of CutMix; 0 disables CutMix.
+        prob: probability of mixing a batch at all.
+        switch_prob: probability of CutMix instead of mixup when both are on.
+        mode: ``batch`` (one lambda per batch), ``pair`` or ``elem``.
+    """
+
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    prob: float = 1.0
+    switch_prob: float = 0.5
+    mode: str = "batch"
+
+    def __post_init__(self) -> None:
+        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
+            raise ValueError(f"mixup_alpha and cutmix_alpha must be >= 0, got {self.mixup_alpha}, {self.cutmix_alpha}")
+        if not (0.0 <= self.prob <= 1.0 and 0.0 <= self.switch_prob <= 1.0):
+            raise ValueError(f"prob and switch_prob must be in [0, 1], got {self.prob}, {self.switch_prob}")
+        if self.mode not in ("batch", "pair", "elem"):
+            raise ValueError(f"mode must be 'batch', 'pair' or 'elem', got {self.mode!r}")
+
+    @property
+    def active(self) -> bool:
+        """Whether any mixing happens."""
+        return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
+
 class ClassificationTask(ClassifierTask):
     """Train and evaluate an image classifier with cross-entropy.
 
@@ -190,8 +223,10 @@ class ClassificationTask(ClassifierTask):
         num_classes: number of classes (linked from the data module by the CLI).
         model_kwargs: extra architecture arguments (``drop_rate``, ``drop_path_rate``...).
         weights: optional local weight file to start from.
-        label_smoothing: label smoothing of the cross-entropy.
+        label_smoothing: label smoothing of the cross-entropy (folded into the soft targets under mixup).
         optim: optimiser and schedule.
+        mixup: mixup / CutMix of training batches (off by default). Training accuracy is then measured against
+            the dominant (unmixed) labels.
     """
 
     def __init__(
@@ -202,14 +237,25 @@ class ClassificationTask(ClassifierTask):
         weights: str | None = None,
         label_smoothing: float = 0.0,
         optim: OptimConfig | None = None,
+        mixup: MixupConfig | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         # checkpoints must hold plain values only (they are read back with weights_only=True)
-        self.save_hyperparameters(ignore=["optim"])
+        self.save_hyperparameters(ignore=["optim", "mixup"])
         self.optim = optim or OptimConfig()
         self.hparams["optim"] = asdict(self.optim)
+        self.mixup = mixup or MixupConfig()
+        self.hparams["mixup"] = asdict(self.mixup)
+        self._mix = None
+        if self.mixup.active:
+            from timm.data import Mixup
+
+            m = self.mixup
+            self._mix = Mixup(mixup_alpha=m.mixup_alpha, cutmix_alpha=m.cutmix_alpha, prob=m.prob,
+                              switch_prob=m.switch_prob, mode=m.mode, label_smoothing=label_smoothing,
+                              num_classes=num_classes)  # fmt: skip
         self.model = create_model(model, num_classes, weights, **(model_kwargs or {}))
         self.label_smoothing = label_smoothing
         self.init_metrics(num_classes)
@@ -223,8 +269,15 @@ class ClassificationTask(ClassifierTask):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
         images, labels = batch
-        logits = self(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        if self._mix is not None:
+            if images.shape[0] % 2:
+                raise ValueError(f"mixup/CutMix need an even batch size, got {images.shape[0]}")
+            images, soft = self._mix(images, labels)
+            logits = self(images)
+            loss = torch.sum(-soft * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        else:
+            logits = self(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         self.train_metrics.update(logits.detach(), labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=labels.numel(), sync_dist=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)

@@ -67,6 +67,10 @@ class ClassificationData(pl.LightningDataModule):
             applied per image in the loader (``imagefolder`` only). ``none``: no augmentation.
         auto_augment: timm auto-augment policy for ``augment="timm"``, e.g. ``rand-m9-mstd0.5``.
         re_prob: random-erasing probability for ``augment="timm"``.
+        re_mode: random-erasing fill for ``augment="timm"``: ``const`` (zeros), ``rand`` (one random colour) or
+            ``pixel`` (per-pixel normal noise, the DeiT/LightViT recipes).
+        interpolation: resize interpolation of the ``timm`` transforms (train and eval): ``bilinear`` or
+            ``bicubic`` (the LightViT/DeiT recipes).
         data_seed: seed of the built-in generators (which task is generated).
         shuffle_seed: seed of the per-epoch training order and augmentation.
 
@@ -90,6 +94,8 @@ class ClassificationData(pl.LightningDataModule):
         augment: Literal["none", "crop_flip", "timm"] = "crop_flip",
         auto_augment: str | None = None,
         re_prob: float = 0.0,
+        re_mode: Literal["const", "rand", "pixel"] = "const",
+        interpolation: Literal["bilinear", "bicubic"] = "bilinear",
         data_seed: int = 0,
         shuffle_seed: int = 0,
     ) -> None:
@@ -167,6 +173,8 @@ class ClassificationData(pl.LightningDataModule):
             is_training=is_training,
             auto_augment=hp.auto_augment if is_training else None,
             re_prob=hp.re_prob if is_training else 0.0,
+            re_mode=hp.re_mode,
+            interpolation=hp.interpolation,
             mean=(0.0, 0.0, 0.0),
             std=(1.0, 1.0, 1.0),
             crop_pct=0.875,

@@ -12,7 +12,7 @@ import torch
 
 from tenfold.bench import register_bench
 
-__all__ = ["LIGHTVIT_PAPER", "bench_lightvit", "lightvit_flops_rows", "lightvit_speed_rows"]
+__all__ = ["LIGHTVIT_PAPER", "bench_lightvit", "lightvit_flops_rows", "lightvit_port_rows", "lightvit_speed_rows"]
 
 #: The paper's table (Table 2 of 2207.05557) and README: params (M), "FLOPs" (GMACs), ImageNet top-1.
 LIGHTVIT_PAPER = {
@@ -95,10 +95,83 @@ def lightvit_speed_rows(quick: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
+def _port_attention_forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """LightViT attention written the straightforward way, as the official code computes it.
+
+    qkv on every token, q, k and v each partitioned into windows, explicit ``softmax(q k^T + bias) v`` products,
+    the local output reversed.
+    """
+    B, N, C = x.shape
+    NT, ws, h, d = self.num_tokens, self.window_size, self.num_heads, self.head_dim
+    q, k, v = self.qkv(x).view(B, N, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+    q_g, q_i, k_i, v_i = q[:, :, :NT], q[:, :, NT:], k[:, :, NT:], v[:, :, NT:]
+
+    def windows(t: torch.Tensor) -> torch.Tensor:
+        t = t.reshape(B, h, H // ws, ws, W // ws, ws, d).permute(0, 2, 4, 1, 3, 5, 6).contiguous()
+        return t.view(-1, h, ws * ws, d)
+
+    bias = self.relative_position_bias_table[self.relative_position_index].view(ws * ws, ws * ws, h)
+    attn = (windows(q_i) * self.scale) @ windows(k_i).transpose(-2, -1) + bias.permute(2, 0, 1).unsqueeze(0)
+    x_loc = (attn.softmax(-1) @ windows(v_i)).transpose(1, 2).reshape(-1, ws * ws, C)
+    x_loc = x_loc.view(B, H // ws, W // ws, ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, H * W, C)
+    x_g = (((q_g * self.scale) @ k_i.transpose(-2, -1)).softmax(-1) @ v_i).transpose(1, 2).reshape(B, NT, C)
+    k_g, v_g = self.kv_global(x_g).view(B, NT, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+    x_b = (((q_i * self.scale) @ k_g.transpose(-2, -1)).softmax(-1) @ v_g).transpose(1, 2).reshape(B, H * W, C)
+    return self.proj(torch.cat([x_g, x_loc + x_b], dim=1))
+
+
+def lightvit_port_rows(quick: bool = False) -> list[dict[str, Any]]:
+    """LightViT-T as implemented here vs the same weights run through a straightforward port of the attention.
+
+    The port is the official code's way of computing the same function (see :func:`_port_attention_forward`); the
+    two agree to float32 rounding, and the ratio shows what the vectorised windowing and fused attention buy.
+    """
+    import types
+
+    import timm
+
+    import tenfold.models  # noqa: F401
+    from tenfold.models.lightvit import LightViTAttention
+    from tenfold.utils.throughput import measure_throughput
+
+    ours = timm.create_model("lightvit_tiny").eval()
+    port = timm.create_model("lightvit_tiny").eval()
+    port.load_state_dict(ours.state_dict())
+    for m in port.modules():
+        if isinstance(m, LightViTAttention):
+            m.forward = types.MethodType(_port_attention_forward, m)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        max_diff = (ours(x) - port(x)).abs().max().item()
+    all_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    rows = []
+    for threads in sorted({1, all_threads}):
+        for batch in (1, 8):
+            runs = (3 if quick else 10) if batch == 8 else (5 if quick else 30)
+            r_ours, r_port = (
+                measure_throughput(m, (3, 224, 224), batch_size=batch, threads=threads, warmup=2, runs=runs)
+                for m in (ours, port)
+            )
+            rows.append(
+                {
+                    "threads": threads,
+                    "batch": batch,
+                    "tenfold img/s": r_ours.samples_per_s,
+                    "straightforward port img/s": r_port.samples_per_s,
+                    "speed-up": r_ours.samples_per_s / r_port.samples_per_s,
+                    "max |logit diff|": max_diff,
+                }
+            )
+    return rows
+
+
 @register_bench("lightvit", "LightViT-T/S/B params, MACs (official and true counts), CPU img/s vs PVTv2-B0 / DeiT-T")
 def bench_lightvit(quick: bool) -> list[dict[str, Any]]:
     """Two tables: params and GMACs at 224 (with the paper's numbers), then inference throughput and ratios."""
     return {
         "Params and multiply-adds at 224x224": lightvit_flops_rows(),
         "CPU inference throughput at 224x224 (img/s); ratio = LightViT-T / baseline": lightvit_speed_rows(quick),
+        "LightViT-T: this implementation vs a straightforward port of the official attention": lightvit_port_rows(
+            quick
+        ),
     }
