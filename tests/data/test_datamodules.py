@@ -45,3 +45,16 @@ def test_timm_augment_needs_full_size_images():
         ClassificationData(dataset="builtin", augment="timm")
     with pytest.raises(ValueError, match="data.root"):
         ClassificationData(dataset="imagefolder")
+
+
+def test_interpolation_and_random_erasing_mode_reach_timm_transforms(tmp_path):
+    _tree(tmp_path)
+    data = ClassificationData(dataset="imagefolder", root=str(tmp_path), image_size=32, augment="timm", re_prob=0.25,
+                              re_mode="pixel", interpolation="bicubic")  # fmt: skip
+    train, val = repr(data._image_transform("train")), repr(data._image_transform("val"))
+    assert "RandomResizedCropAndInterpolation(size=(32, 32)" in train and "interpolation=bicubic)" in train
+    assert "RandomErasing(p=0.25, mode=pixel" in train
+    assert "Resize(size=36, interpolation=bicubic" in val  # crop_pct 0.875: 256 -> 224 at full size
+    default = repr(ClassificationData(dataset="imagefolder", root=str(tmp_path), augment="timm", re_prob=0.1)
+                   ._image_transform("train"))  # fmt: skip
+    assert "interpolation=bilinear" in default and "mode=const" in default

@@ -108,7 +108,9 @@ class ClassificationData(pl.LightningDataModule):
             raise ValueError(f"augment='timm' applies to full-size images (dataset 'imagefolder'), not {dataset!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.save_hyperparameters()
+        # num_classes is recorded only where it is known now: for an ImageFolder it is read from disk in setup(),
+        # and a placeholder would clash with the model's value when Lightning merges the two into the logs
+        self.save_hyperparameters(ignore=["num_classes"])
         self.dataset_name = dataset
         self.root = root
         self.image_size = image_size
@@ -118,6 +120,9 @@ class ClassificationData(pl.LightningDataModule):
         self.augment = augment
         self.shuffle_seed = shuffle_seed
         self._num_classes = {"cifar10": 10, "cifar100": 100, "digits": 10}.get(dataset, num_classes)
+        self._builtin_classes = num_classes
+        if dataset != "imagefolder":
+            self.hparams["num_classes"] = self._num_classes
         mean, std = _STATS[dataset]
         self.register_mean_std(mean, std)
         self._splits: dict[str, Dataset] = {}
@@ -139,12 +144,16 @@ class ClassificationData(pl.LightningDataModule):
             from tenfold.data.builtin import BuiltinClassification
 
             size = {"train": hp.train_size, "val": hp.val_size, "test": hp.test_size}[split]
-            key = (split, hp.num_classes, size, hp.data_seed, hp.image_size)
+            key = (split, self._builtin_classes, size, hp.data_seed, hp.image_size)
             if key not in _BUILTIN_CACHE:  # generated data is deterministic: repeated runs in one process share it
                 if len(_BUILTIN_CACHE) >= 8:
                     _BUILTIN_CACHE.clear()
                 _BUILTIN_CACHE[key] = BuiltinClassification(
-                    split=split, num_classes=hp.num_classes, size=size, seed=hp.data_seed, image_size=hp.image_size
+                    split=split,
+                    num_classes=self._builtin_classes,
+                    size=size,
+                    seed=hp.data_seed,
+                    image_size=hp.image_size,
                 )
             return _BUILTIN_CACHE[key]
         if self.dataset_name == "digits":

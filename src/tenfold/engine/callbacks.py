@@ -96,5 +96,10 @@ class FinalCheckpoint(pl.Callback):
             return
         if callback._last_global_step_saved == trainer.global_step:
             return
+        if callback.save_last:
+            # through the callback, so that it knows last.ckpt is current (Lightning >= 2.6 would otherwise write
+            # a second copy, last-v1.ckpt, in its own on_train_end)
+            callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+            return
         path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
         trainer.save_checkpoint(path, weights_only=False)  # the full training state, so it can be resumed
