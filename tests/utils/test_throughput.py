@@ -83,3 +83,30 @@ def test_bad_arguments_raise(kwargs, match):
     args = dict(input_shape=(4,), warmup=0, runs=1) | kwargs
     with pytest.raises(ValueError, match=match):
         measure_throughput(nn.Linear(4, 3), args.pop("input_shape"), **args)
+
+
+def test_compare_throughput_alternates_and_pools_every_model():
+    import torch.nn as nn
+
+    from tenfold.utils.throughput import compare_throughput
+
+    calls = []
+
+    class Tagged(nn.Linear):
+        def __init__(self, tag):
+            super().__init__(4, 4)
+            self.tag = tag
+
+        def forward(self, x):
+            calls.append(self.tag)
+            return super().forward(x)
+
+    out = compare_throughput({"a": Tagged("a"), "b": Tagged("b")}, (4,), rounds=3, runs_per_round=2, warmup=1)
+    # warm-up and timed passes: a a a, b b b (round 1 with warm-up), then a a, b b twice: alternating rounds
+    assert calls == ["a"] * 3 + ["b"] * 3 + (["a"] * 2 + ["b"] * 2) * 2
+    assert {k: v.runs for k, v in out.items()} == {"a": 6, "b": 6}
+    assert all(v.samples_per_s > 0 and v.device == "cpu" for v in out.values())
+    with pytest.raises(ValueError, match="at least one model"):
+        compare_throughput({}, (4,))
+    with pytest.raises(ValueError, match="rounds"):
+        compare_throughput({"a": Tagged("a")}, (4,), rounds=0)

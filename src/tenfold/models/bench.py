@@ -25,6 +25,16 @@ LIGHTVIT_PAPER = {
 BASELINES = ("pvt_v2_b0", "deit_tiny_patch16_224")
 
 
+def _all_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _rounds(quick: bool, batch: int) -> dict[str, int]:
+    """Alternation rounds x passes per round: about 30 timed passes at batch 1 and 12 at batch 8 (a third quick)."""
+    per_round = 2 if batch > 1 else 5
+    return {"rounds": 2 if quick else 6, "runs_per_round": per_round, "warmup": 2}
+
+
 def _discarded_global_kv_macs(model: torch.nn.Module) -> int:
     """MACs of the official code's keys/values of the global tokens from ``qkv``, which it computes and discards."""
     from tenfold.models.lightvit import Block
@@ -74,19 +84,16 @@ def lightvit_speed_rows(quick: bool = False) -> list[dict[str, Any]]:
     import timm
 
     import tenfold.models  # noqa: F401
-    from tenfold.utils.throughput import measure_throughput
+    from tenfold.utils.throughput import compare_throughput
 
     names = ("lightvit_tiny", *BASELINES)
     models = {n: timm.create_model(n).eval() for n in names}
-    all_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     rows = []
-    for threads in sorted({1, all_threads}):
+    for threads in sorted({1, _all_threads()}):
         for batch in (1, 8):
-            runs = (3 if quick else 10) if batch == 8 else (5 if quick else 30)
-            speed = {
-                n: measure_throughput(m, (3, 224, 224), batch_size=batch, threads=threads, warmup=2, runs=runs)
-                for n, m in models.items()
-            }
+            speed = compare_throughput(
+                models, (3, 224, 224), batch_size=batch, threads=threads, **_rounds(quick, batch)
+            )
             row: dict[str, Any] = {"threads": threads, "batch": batch}
             row.update({f"{n} img/s": r.samples_per_s for n, r in speed.items()})
             for base in BASELINES:
@@ -132,7 +139,7 @@ def lightvit_port_rows(quick: bool = False) -> list[dict[str, Any]]:
 
     import tenfold.models  # noqa: F401
     from tenfold.models.lightvit import LightViTAttention
-    from tenfold.utils.throughput import measure_throughput
+    from tenfold.utils.throughput import compare_throughput
 
     ours = timm.create_model("lightvit_tiny").eval()
     port = timm.create_model("lightvit_tiny").eval()
@@ -143,15 +150,12 @@ def lightvit_port_rows(quick: bool = False) -> list[dict[str, Any]]:
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         max_diff = (ours(x) - port(x)).abs().max().item()
-    all_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     rows = []
-    for threads in sorted({1, all_threads}):
+    for threads in sorted({1, _all_threads()}):
         for batch in (1, 8):
-            runs = (3 if quick else 10) if batch == 8 else (5 if quick else 30)
-            r_ours, r_port = (
-                measure_throughput(m, (3, 224, 224), batch_size=batch, threads=threads, warmup=2, runs=runs)
-                for m in (ours, port)
-            )
+            speed = compare_throughput({"ours": ours, "port": port}, (3, 224, 224), batch_size=batch, threads=threads,
+                                       **_rounds(quick, batch))  # fmt: skip
+            r_ours, r_port = speed["ours"], speed["port"]
             rows.append(
                 {
                     "threads": threads,

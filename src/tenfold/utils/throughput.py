@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-__all__ = ["ThroughputResult", "measure_throughput"]
+__all__ = ["ThroughputResult", "compare_throughput", "measure_throughput"]
 
 
 @dataclass
@@ -136,3 +136,63 @@ def measure_throughput(
         samples_per_s=batch_size / median if median > 0 else float("inf"),
         runs=len(times),
     )
+
+
+def compare_throughput(
+    models: dict[str, nn.Module],
+    input_shape: tuple[int, ...],
+    *,
+    batch_size: int = 1,
+    threads: int | None = None,
+    rounds: int = 5,
+    runs_per_round: int = 3,
+    warmup: int = 2,
+) -> dict[str, ThroughputResult]:
+    """Time several CPU models in alternation, so that a change of machine load hits all of them alike.
+
+    Each of ``rounds`` rounds times ``runs_per_round`` passes of every model in turn; a model's result pools its
+    passes over all rounds. Ratios of the returned ``samples_per_s`` are then fair on a shared machine, where
+    timing one model after another would credit whichever ran in a quiet moment.
+
+    Args:
+        models: name -> module (on the CPU, float32).
+        input_shape: shape of one sample, without the batch dimension.
+        batch_size: samples per pass.
+        threads: ``torch.set_num_threads`` for the measurement only.
+        rounds: alternation rounds (>= 1).
+        runs_per_round: timed passes of each model per round (>= 1).
+        warmup: untimed passes of each model before the first round.
+
+    Returns:
+        name -> :class:`ThroughputResult` over all the model's timed passes.
+
+    Raises:
+        ValueError: no models, or ``rounds`` / ``runs_per_round`` below 1 (and what :func:`measure_throughput`
+            rejects).
+    """
+    if not models:
+        raise ValueError("compare_throughput needs at least one model")
+    if rounds < 1 or runs_per_round < 1:
+        raise ValueError(f"rounds and runs_per_round must be >= 1, got {rounds} and {runs_per_round}")
+    pooled: dict[str, list[ThroughputResult]] = {name: [] for name in models}
+    for r in range(rounds):
+        for name, model in models.items():
+            pooled[name].append(
+                measure_throughput(model, input_shape, batch_size=batch_size, threads=threads,
+                                   warmup=warmup if r == 0 else 0, runs=runs_per_round)
+            )  # fmt: skip
+    out = {}
+    for name, results in pooled.items():
+        # the median of per-round medians, weighted alike: robust to one disturbed round
+        median = statistics.median(res.median_s for res in results)
+        spread = statistics.median(res.iqr_s for res in results)
+        out[name] = ThroughputResult(
+            batch_size=batch_size,
+            threads=results[0].threads,
+            device="cpu",
+            median_s=median,
+            iqr_s=spread,
+            samples_per_s=batch_size / median if median > 0 else float("inf"),
+            runs=sum(res.runs for res in results),
+        )
+    return out
