@@ -9,8 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tenfold.bench import list_benches, run_bench
-from tenfold.engine.demo import markdown_table
+from tenfold.bench import bench_markdown, list_benches, run_bench
 from tenfold.utils.checkpoint import atomic_write
 
 
@@ -26,7 +25,8 @@ def main() -> None:
     ]
     for name, description in list_benches().items():
         print(f"[bench] {name}: {description}", flush=True)
-        sections.append(f"## {name}\n\n{description}\n\n{markdown_table(run_bench(name, quick=args.quick))}")
+        body = bench_markdown(name, run_bench(name, quick=args.quick)).split("\n", 1)[1]  # without the title line
+        sections.append(f"## {name}\n\n{description}\n{body}")
     with atomic_write(Path(args.out)) as tmp:
         tmp.write_text("\n\n".join(sections) + "\n")
     print(f"written: {args.out}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tenfold.engine.demo import DemoContext, DemoResult, register_demo
+from tenfold.engine.demo import DemoContext, DemoResult, plot_curves, register_demo, top1_curve
 
 
 @dataclass(frozen=True)
@@ -18,24 +18,6 @@ class _Run:
     model: str
     steps: int
     lr: float = 0.1
-
-
-def _plot(histories: dict[str, list[dict[str, float]]], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, history in histories.items():
-        ax.plot([h["step"] for h in history], [100 * h["val/acc1"] for h in history], marker="o", label=label)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation top-1 (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 #: Settings shared with the distillation demo (same data, so the bigger model can serve as its teacher).
@@ -100,7 +82,7 @@ def classification_demo(ctx: DemoContext) -> DemoResult:
             }
         )
     plot = ctx.out_dir / "val_top1.png"
-    _plot(histories, plot)
+    plot_curves({label: top1_curve(h) for label, h in histories.items()}, plot)
     small, big = rows[0]["val top-1 (%)"], rows[1]["val top-1 (%)"]
     verdict = "clearly below" if big - small >= 5 else "NOT clearly below"
     notes = (

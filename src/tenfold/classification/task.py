@@ -17,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 import tenfold.models  # noqa: F401  (registers the tenfold architectures with timm)
 from tenfold.engine.optim import OptimConfig, configure_optimizers, timm_scheduler_step
 from tenfold.engine.rundir import last_checkpoint
-from tenfold.utils.checkpoint import load_checkpoint, unwrap_state_dict
+from tenfold.utils.checkpoint import load_checkpoint, load_state_dict_strict, unwrap_state_dict
 
 __all__ = [
     "ClassificationTask",
@@ -99,24 +99,6 @@ def check_num_classes(module: pl.LightningModule, num_classes: int) -> None:
     data_classes = getattr(datamodule, "num_classes", None)
     if data_classes is not None and data_classes != num_classes:
         raise ValueError(f"the data has {data_classes} classes but model.init_args.num_classes is {num_classes}")
-
-
-def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str = "") -> None:
-    """``model.load_state_dict(state_dict, strict=True)`` with a ValueError that lists what does not fit."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    wrong = [
-        f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in state_dict.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"weights {source!r} do not fit {type(model).__name__}: missing keys {missing[:10]}, unexpected keys "
-            f"{unexpected[:10]}, wrong shapes (file vs model) {wrong[:10]}"
-        )
-    model.load_state_dict(state_dict, strict=True)
 
 
 def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:

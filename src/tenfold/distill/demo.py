@@ -4,29 +4,15 @@ from __future__ import annotations
 
 import statistics
 
-from tenfold.engine.demo import DemoContext, DemoResult, register_demo
+from tenfold.engine.demo import DemoContext, DemoResult, plot_curves, register_demo
 
 SEEDS = (0, 1, 2)
 
 
-def _plot(curves: dict[str, list[list[dict[str, float]]]], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, runs in curves.items():
-        steps = [h["step"] for h in runs[0]]
-        mean = [100 * statistics.fmean(r[i]["val/acc1"] for r in runs) for i in range(len(steps))]
-        ax.plot(steps, mean, marker="o", label=label)
-    ax.set_xlabel("training step")
-    ax.set_ylabel(f"student validation top-1 (%), mean of {len(SEEDS)} seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _mean_curve(runs: list[list[dict[str, float]]]) -> tuple[list[float], list[float]]:
+    """(steps, mean top-1 in %) over the seeds' validation histories."""
+    steps = [h["step"] for h in runs[0]]
+    return steps, [100 * statistics.fmean(r[i]["val/acc1"] for r in runs) for i in range(len(steps))]
 
 
 @register_demo("distill", budget_s=200.0, title="Knowledge distillation: CE vs KD vs DIST vs DiffKD (built-in scenes)")
@@ -93,7 +79,8 @@ def distill_demo(ctx: DemoContext) -> DemoResult:
             }
         )
     plot = ctx.out_dir / "student_val_top1.png"
-    _plot(curves, plot)
+    ylabel = f"student validation top-1 (%), mean of {len(SEEDS)} seeds"
+    plot_curves({label: _mean_curve(runs) for label, runs in curves.items()}, plot, ylabel=ylabel)
     ce, kd, dist, diffkd = (r["top-1 mean (%)"] for r in rows)
     noise = 2 * max(r["top-1 std"] for r in rows)
 

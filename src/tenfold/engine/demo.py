@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DemoContext", "DemoResult", "list_demos", "markdown_table", "register_demo", "run_demos"]
+__all__ = ["DemoContext", "DemoResult", "list_demos", "markdown_table", "plot_curves", "register_demo", "run_demos"]
 
 #: Modules whose import registers demos; a family adds its module here when it lands.
 DEMO_MODULES = ("tenfold.classification.demo", "tenfold.distill.demo", "tenfold.models.demo")
@@ -99,6 +99,40 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def plot_curves(
+    curves: dict[str, tuple[list[float], list[float]]],
+    path: str | Path,
+    *,
+    xlabel: str = "training step",
+    ylabel: str = "validation top-1 (%)",
+    title: str | None = None,
+) -> Path:
+    """Write a PNG line plot of ``label -> (xs, ys)`` curves (one marker per point) and return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (xs, ys) in curves.items():
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def top1_curve(history: list[dict[str, float]], key: str = "val/acc1") -> tuple[list[float], list[float]]:
+    """(steps, accuracy in %) of a :class:`~tenfold.engine.quick.QuickRun` history."""
+    return [h["step"] for h in history], [100 * h[key] for h in history]
 
 
 def _quiet_lightning() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenfold.engine.demo import DemoContext, DemoResult, register_demo
+from tenfold.engine.demo import DemoContext, DemoResult, plot_curves, register_demo, top1_curve
 
 #: The spec's CPU configuration of LightViT (section 7): 3 stages of one block, window 2, 4 global tokens.
 LIGHTVIT_MICRO = dict(embed_dims=[32, 64, 96], num_layers=[1, 1, 1], num_heads=[1, 2, 3], mlp_ratios=[4, 4, 4],
@@ -33,25 +33,6 @@ ARMS = (
     _Arm("LightViT (micro)", "lightvit_tiny", LIGHTVIT_MICRO),
     _Arm("DeiT-style ViT (micro)", "vit_tiny_patch16_224", VIT_MICRO),
 )
-
-
-def _plot(histories: dict[str, list[dict[str, float]]], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, history in histories.items():
-        ax.plot([h["step"] for h in history], [100 * h["val/acc1"] for h in history], marker="o", label=label)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation top-1 (%)")
-    ax.set_title(f"built-in scenes {IMAGE_SIZE}x{IMAGE_SIZE}, same steps and seed")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 @register_demo("lightvit", budget_s=70.0, title="LightViT vs a DeiT-style ViT of similar size (built-in scenes)")
@@ -96,7 +77,8 @@ def lightvit_demo(ctx: DemoContext) -> DemoResult:
             }
         )
     plot = ctx.out_dir / "lightvit_val_top1.png"
-    _plot(histories, plot)
+    title = f"built-in scenes {IMAGE_SIZE}x{IMAGE_SIZE}, same steps and seed"
+    plot_curves({label: top1_curve(h) for label, h in histories.items()}, plot, title=title)
     light, vit = rows
     notes = (
         f"Both models: built-in 10-class scenes at {IMAGE_SIZE}x{IMAGE_SIZE} (4096 training images), AdamW lr 2e-3, "

@@ -728,27 +728,9 @@ def load_lightvit_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
         ValueError: the file cannot be read safely, or its keys/shapes do not fit ``model`` (the message lists the
             missing, unexpected and mis-shaped keys).
     """
-    from tenfold.utils.checkpoint import load_checkpoint
+    from tenfold.utils.checkpoint import load_checkpoint, load_state_dict_strict
 
-    state = checkpoint_filter_fn(load_checkpoint(path), model)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or shapes:
-
-        def show(items: list[str]) -> str:
-            return ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "") or "none"
-
-        raise ValueError(
-            f"{path} does not fit {type(model).__name__}: missing keys: {show(missing)}; unexpected keys: "
-            f"{show(unexpected)}; shape mismatches: {show(shapes)}"
-        )
-    model.load_state_dict(state, strict=True)
+    load_state_dict_strict(model, checkpoint_filter_fn(load_checkpoint(path), model), source=str(path))
     return model
 
 

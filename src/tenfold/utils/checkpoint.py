@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write", "load_checkpoint", "save_checkpoint", "unwrap_state_dict"]
+__all__ = ["atomic_write", "load_checkpoint", "load_state_dict_strict", "save_checkpoint", "unwrap_state_dict"]
 
 
 @contextmanager
@@ -125,3 +125,35 @@ def unwrap_state_dict(
         if accept is None or accept(name):
             out[name] = value
     return out
+
+
+def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, Any], source: str = "") -> None:
+    """``model.load_state_dict(state_dict, strict=True)`` with a ValueError that lists everything that does not fit.
+
+    Args:
+        model: the module to load into.
+        state_dict: the weights.
+        source: where they come from (a path), named in the message.
+
+    Raises:
+        ValueError: keys missing from ``state_dict``, keys the model does not have, or shapes that differ; the
+            message lists each kind (the first 12 of each, with the total).
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong:
+
+        def show(items: list[str]) -> str:
+            return (", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")) or "none"
+
+        raise ValueError(
+            f"weights {source!r} do not fit {type(model).__name__}: missing keys: {show(missing)}; unexpected keys: "
+            f"{show(unexpected)}; shape mismatches: {show(wrong)}"
+        )
+    model.load_state_dict(state_dict, strict=True)
