@@ -13,6 +13,11 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "classification" / "tiny.yaml"
 HELPERS = Path(__file__).resolve().parent / "helpers"
 
+# fixtures shared by a family's tests live in tests/helpers and load here as plugins (a conftest.py per folder
+# would clash: the test folders are not packages, so every conftest would be the module "conftest")
+sys.path.insert(0, str(HELPERS))
+pytest_plugins = ["nas_fixtures"]
+
 # A fast variant of the tiny recipe for engine tests: 512 training images, batches of 32 (16 steps an epoch).
 FAST = [
     "--config", str(TINY),

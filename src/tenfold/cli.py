@@ -28,6 +28,9 @@ tenfold commands:
   info       versions, threads, devices and what is installed
   repeat     run a recipe once per seed and report mean and std: tenfold repeat --seeds 0,1,2 -- fit --config ...
   export-student  the student of a distillation checkpoint, alone, as safetensors: tenfold export-student CKPT OUT
+  search     architecture search on a benchmark table (GINAS, random, evolution, local):
+             tenfold search --space nas-bench-macro --table PATH --optimizer ginas|random|evolution|local
+  enhance    speech enhancement with a TaylorSENet checkpoint: tenfold enhance NOISY.wav OUT.wav --ckpt CKPT
 
 Run `tenfold COMMAND --help` for the options of a command; set TENFOLD_DEBUG=1 for full tracebacks.
 """
@@ -107,6 +110,18 @@ def _export_student(argv: list[str]) -> int:
     return 0
 
 
+def _search(argv: list[str]) -> int:
+    from tenfold.nas.cli import search_main
+
+    return search_main(argv)
+
+
+def _enhance(argv: list[str]) -> int:
+    from tenfold.speech.cli import enhance_main
+
+    return enhance_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tenfold`` console script."""
     from_sys = argv is None
@@ -115,7 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         print(_USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    commands = {"demo": _demo, "bench": _bench, "info": _info, "repeat": _repeat, "export-student": _export_student}
+    commands = {
+        "demo": _demo,
+        "bench": _bench,
+        "info": _info,
+        "repeat": _repeat,
+        "export-student": _export_student,
+        "search": _search,
+        "enhance": _enhance,
+    }
     if command not in commands and command not in LIGHTNING_COMMANDS:
         print(f"tenfold: unknown command {command!r}\n\n{_USAGE}", file=sys.stderr)
         return 2

@@ -1,0 +1,44 @@
+"""Architecture search: GINAS (a chat LLM as the optimiser, arXiv:2304.10970) and baselines in the same harness.
+
+* :mod:`tenfold.nas.spaces`: benchmark tables (NAS-Bench-Macro, Channel-Bench-Macro, NAS-Bench-201) read from a
+  user path, with the task descriptions used in prompts.
+* :mod:`tenfold.nas.llm`: chat backends (any OpenAI-compatible endpoint, replay of a transcript, a human at the
+  console) and the transcript.
+* :mod:`tenfold.nas.ginas`: the GINAS loop; :mod:`tenfold.nas.baselines`: random search, regularised evolution,
+  local search.
+* :mod:`tenfold.nas.macro`: a NAS-Bench-Macro-style space built as real modules and scored by training (importing
+  it registers the ``nas_macro_cifar`` model with timm).
+* :mod:`tenfold.nas.cli`: ``tenfold search``.
+"""
+
+from __future__ import annotations
+
+from tenfold.nas.baselines import BASELINES, local_search, random_search, regularized_evolution
+from tenfold.nas.ginas import GINAS, parse_answer
+from tenfold.nas.llm import ChatBackend, ChatError, ConsoleChat, OpenAIChat, ReplayChat, Transcript, chat_from_env
+from tenfold.nas.result import SearchRecord, SearchResult, summarize
+from tenfold.nas.spaces import SPACES, Evaluation, SearchSpace, TableSpace, load_space
+
+__all__ = [
+    "BASELINES",
+    "GINAS",
+    "SPACES",
+    "ChatBackend",
+    "ChatError",
+    "ConsoleChat",
+    "Evaluation",
+    "OpenAIChat",
+    "ReplayChat",
+    "SearchRecord",
+    "SearchResult",
+    "SearchSpace",
+    "TableSpace",
+    "Transcript",
+    "chat_from_env",
+    "load_space",
+    "local_search",
+    "parse_answer",
+    "random_search",
+    "regularized_evolution",
+    "summarize",
+]

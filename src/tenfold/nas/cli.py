@@ -1,0 +1,211 @@
+r"""``tenfold search``: GINAS and the baselines on a benchmark table, many trials, a paper-style table and a plot.
+
+Example::
+
+    tenfold search --space nas-bench-macro --table ~/tables/nas_bench_macro_cifar10.json \\
+        --optimizer random,evolution,local --budget 10 --trials 200
+    TENFOLD_LLM_MODEL=gpt-4 TENFOLD_LLM_API_KEY=... tenfold search --space nas-bench-macro --table ~/tables \\
+        --optimizer ginas --trials 3
+
+Writes ``results.json`` (every trial, its records and curve, the summary rows), ``summary.md`` and
+``best_so_far.png`` into ``--out`` (default ``runs/search-<time>``), and, for GINAS, one transcript per trial under
+``transcripts/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_curves", "search_main"]
+
+OPTIMIZERS = ("ginas", "random", "evolution", "local")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from tenfold.nas.llm import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL
+    from tenfold.nas.spaces import SPACES
+
+    p = argparse.ArgumentParser(
+        prog="tenfold search",
+        description="Architecture search on a benchmark table with GINAS (a chat LLM as the optimiser) or a "
+        "baseline; prints mean and std over trials of the best architecture's accuracy and rank.",
+    )
+    p.add_argument("--space", required=True, choices=list(SPACES), help="benchmark")
+    p.add_argument("--table", required=True, help="the benchmark's table file, or a folder holding it")
+    p.add_argument("--optimizer", default="ginas",
+                   help=f"one or more of {', '.join(OPTIMIZERS)}, comma-separated (default ginas)")  # fmt: skip
+    p.add_argument("--budget", type=int, default=10, help="architectures evaluated per trial (paper: 10)")
+    p.add_argument("--trials", type=int, default=1, help="independent trials per optimiser")
+    p.add_argument("--seed", type=int, default=0, help="seed of trial 0 (trial i uses seed + i)")
+    p.add_argument("--out", help="output folder (must not exist unless --resume; default runs/search-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the GINAS transcripts in --out")
+    g = p.add_argument_group("GINAS chat backend")
+    g.add_argument("--backend", choices=["openai", "replay", "console"], default="openai",
+                   help="openai: any OpenAI-compatible endpoint; replay: a recorded run; console: a human")  # fmt: skip
+    g.add_argument("--base-url", default=os.environ.get(ENV_BASE_URL),
+                   help=f"endpoint root, e.g. http://127.0.0.1:8000/v1 (default ${ENV_BASE_URL})")  # fmt: skip
+    g.add_argument("--model", default=os.environ.get(ENV_MODEL), help=f"served model name (default ${ENV_MODEL})")
+    g.add_argument("--api-key-env", default=ENV_API_KEY,
+                   help=f"variable holding the key (default {ENV_API_KEY}); never written anywhere")  # fmt: skip
+    g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (paper: 0)")
+    g.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    g.add_argument("--retries", type=int, default=3, help="retries of a timed-out or failed request")
+    g.add_argument("--backoff", type=float, default=2.0, help="first retry wait in seconds (doubles each retry)")
+    g.add_argument("--max-corrections", type=int, default=3, help="follow-ups after an invalid or repeated answer")
+    g.add_argument("--no-dedupe", action="store_true",
+                   help="official behaviour: evaluate a repeated proposal again (spends budget)")  # fmt: skip
+    g.add_argument("--replay", help="with --backend replay: a transcript, or a folder of trial-NNN.jsonl files")
+    return p
+
+
+def _chat(args: argparse.Namespace, trial: int) -> Any:
+    from tenfold.nas.llm import ConsoleChat, OpenAIChat, ReplayChat
+
+    if args.backend == "console":
+        return ConsoleChat()
+    if args.backend == "replay":
+        if not args.replay:
+            raise ValueError("--backend replay needs --replay TRANSCRIPT (or a folder of trial-NNN.jsonl files)")
+        path = Path(args.replay)
+        if path.is_dir():
+            path = path / f"trial-{trial:03d}.jsonl"
+        elif args.trials > 1:
+            raise ValueError("--replay names one transcript: use --trials 1, or give the folder of trial transcripts")
+        return ReplayChat(path)
+    if not args.model:
+        raise ValueError("GINAS needs a chat model: pass --model (and --base-url for a non-OpenAI endpoint) or set "
+                         "TENFOLD_LLM_MODEL / TENFOLD_LLM_BASE_URL")  # fmt: skip
+    return OpenAIChat(args.model, base_url=args.base_url, api_key_env=args.api_key_env,
+                      temperature=args.temperature, timeout=args.timeout, retries=args.retries,
+                      backoff_s=args.backoff)  # fmt: skip
+
+
+def plot_curves(curves: dict[str, list[list[dict[str, Any]]]], path: Path, title: str = "") -> None:
+    """Mean best-so-far reported accuracy and rank against iterations, one line per optimiser (the paper's figures).
+
+    Args:
+        curves: optimiser name -> one :meth:`~tenfold.nas.result.SearchResult.curve` per trial.
+        path: the PNG to write (atomically).
+        title: figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from tenfold.utils.checkpoint import atomic_write
+
+    fig, (ax_acc, ax_rank) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, trials in curves.items():
+        length = min(len(c) for c in trials)
+        if length == 0:
+            continue
+        steps = np.arange(1, length + 1)
+        acc = np.array([[p["report_acc"] for p in c[:length]] for c in trials])
+        ax_acc.plot(steps, acc.mean(0), marker="o", label=f"{name} ({len(trials)} trials)")
+        if len(trials) > 1:
+            ax_acc.fill_between(steps, acc.mean(0) - acc.std(0), acc.mean(0) + acc.std(0), alpha=0.15)
+        if all(p["rank"] is not None for c in trials for p in c[:length]):
+            rank = np.array([[p["rank"] for p in c[:length]] for c in trials], dtype=float)
+            ax_rank.plot(steps, np.median(rank, 0), marker="o", label=name)
+    ax_acc.set_xlabel("iteration (architectures evaluated)")
+    ax_acc.set_ylabel("best-so-far accuracy (%), mean over trials")
+    ax_rank.set_xlabel("iteration (architectures evaluated)")
+    ax_rank.set_ylabel("best-so-far rank, median over trials")
+    ax_rank.set_yscale("log")
+    ax_rank.invert_yaxis()
+    for ax in (ax_acc, ax_rank):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if not ax_rank.lines:  # real training has no ranks
+        ax_rank.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def table_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The printed table: optimiser, trials, accuracy mean ± std, rank mean ± std and median."""
+    rows = []
+    for s in summaries:
+        row = {"optimizer": s["optimizer"], "trials": s["trials"], "budget": s["budget"],
+               "best acc (%)": f"{s['acc_mean']:.2f} ± {s['acc_std']:.2f}"}  # fmt: skip
+        if "rank_mean" in s:
+            row["rank"] = f"{s['rank_mean']:.0f} ± {s['rank_std']:.0f}"
+            row["median rank"] = f"{s['rank_median']:g}"
+            row["best rank"] = s["best_rank"]
+        rows.append(row)
+    return rows
+
+
+def search_main(argv: list[str]) -> int:
+    """Run ``tenfold search`` with ``argv`` (the arguments after ``search``); returns the exit code."""
+    from tenfold.engine.demo import markdown_table
+    from tenfold.nas.baselines import BASELINES
+    from tenfold.nas.ginas import GINAS
+    from tenfold.nas.result import summarize, write_json
+    from tenfold.nas.spaces import load_space
+    from tenfold.utils.checkpoint import atomic_write
+
+    args = _parser().parse_args(argv)
+    optimizers = [o.strip() for o in args.optimizer.split(",") if o.strip()]
+    unknown = [o for o in optimizers if o not in OPTIMIZERS]
+    if unknown or not optimizers:
+        raise ValueError(f"unknown optimizer(s) {unknown or args.optimizer!r}; expected some of {list(OPTIMIZERS)}")
+    if args.budget < 1 or args.trials < 1:
+        raise ValueError(f"--budget and --trials must be >= 1, got {args.budget} and {args.trials}")
+    space = load_space(args.space, args.table)
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
+    if out.exists() and not args.resume:
+        raise FileExistsError(f"output folder {str(out)!r} exists; choose another --out, or pass --resume")
+    if args.resume and not out.is_dir():
+        raise FileNotFoundError(f"--resume: output folder {str(out)!r} does not exist")
+    out.mkdir(parents=True, exist_ok=True)
+
+    trials: dict[str, list[Any]] = {}
+    for name in optimizers:
+        trials[name] = []
+        for t in range(args.trials):
+            if name == "ginas":
+                transcript = out / "transcripts" / f"trial-{t:03d}.jsonl"
+                resume = args.resume and transcript.exists()
+                ginas = GINAS(space, _chat(args, t), budget=args.budget, max_corrections=args.max_corrections,
+                              dedupe=not args.no_dedupe, transcript=transcript, resume=resume)  # fmt: skip
+                result = ginas.run()
+            else:
+                result = BASELINES[name](space, args.budget, args.seed + t)
+            trials[name].append(result)
+            if name == "ginas":
+                if result.records:
+                    best = result.best()
+                    print(f"ginas trial {t}: {len(result.records)} evaluations, best {best.report_acc:.2f}% "
+                          f"(rank {best.rank}); {result.stats}")  # fmt: skip
+                else:
+                    print(f"ginas trial {t}: no architecture evaluated; {result.stats}")
+    summaries = [summarize(results) for results in trials.values() if any(r.records for r in results)]
+    rows = table_rows(summaries)
+    optimum = space.best()[1] if hasattr(space, "best") else None
+    header = f"{space.name}: budget {args.budget}, {args.trials} trial(s)"
+    if optimum is not None:
+        header += f"; best in the table {optimum.report_acc:.2f}% (rank 1 of {space.size})"
+    text = f"{header}\n\n{markdown_table(rows)}"
+    print(text)
+    with atomic_write(out / "summary.md") as tmp:
+        tmp.write_text(text)
+    write_json(
+        {"space": space.describe(), "budget": args.budget, "trials": args.trials, "seed": args.seed,
+         "summary": summaries, "results": {k: [r.to_dict() for r in v] for k, v in trials.items()}},
+        out / "results.json",
+    )  # fmt: skip
+    plot_curves({k: [r.curve() for r in v] for k, v in trials.items()}, out / "best_so_far.png", header)
+    print(f"results: {out / 'results.json'}  plot: {out / 'best_so_far.png'}")
+    return 0

@@ -1,0 +1,549 @@
+"""Search spaces for GINAS and the baselines: benchmark lookup tables, each with its task description.
+
+GINAS (arXiv:2304.10970; the authors' code, mingkai-zheng/GENIUS, calls it GENIUS) asks a chat model for an
+architecture from a discrete space described in words, scores it, and feeds the scores back. A space here is the
+list of allowed values per answer position, a way to score an answer, and the words that describe it.
+
+Benchmarks read from table files at a user path (the tables are not ours to ship):
+
+* ``nas-bench-macro``: ``nas_bench_macro_cifar10.json``, 6561 entries; answer: 8 op ids in {0, 1, 2}.
+* ``channel-bench-resnet``: ``channel_bench_macro_resnet_cifar10.json``, 16384 entries; answer: 7 channel numbers.
+* ``channel-bench-mobilenet``: ``channel_bench_macro_mobilenet_cifar10.json``, 16384 entries; 7 channel numbers.
+* ``nas-bench-201-{cifar10,cifar100,imagenet16-120}``: ``nas_bench_201_{cifar10,cifar100,imagenet}.json``, 15625
+  entries each; answer: 6 op ids in {0..4}.
+
+What the optimiser sees (``Evaluation.acc``) and what is reported (``Evaluation.report_acc``) are the same number
+on the macro tables (the mean over three seeds); on NAS-Bench-201 the optimiser sees the validation accuracy and
+the report gives the test accuracy of the architecture it selects, as the paper does. Ranks: NAS-Bench-201 tables
+carry theirs (1 = best test accuracy); on the macro tables the rank is ``1 + the number of entries with a strictly
+higher mean`` (ties share a rank; the official scripts break ties by ``argsort`` order, which differs by at most
+the size of a tie group).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SPACES",
+    "ChannelBenchSpace",
+    "Evaluation",
+    "MacroBenchSpace",
+    "NASBench201Space",
+    "SearchSpace",
+    "TableSpace",
+    "load_space",
+    "round_half_up",
+]
+
+Answer = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The score of one architecture.
+
+    Attributes:
+        acc: accuracy in percent that the optimiser sees (in the prompt, for selection).
+        report_acc: accuracy in percent that is reported for the architecture (test accuracy on NAS-Bench-201,
+            otherwise equal to ``acc``).
+        rank: position in the benchmark (1 = best), or None when unknown (real training).
+        info: further fields (flops, params, std, seconds...).
+    """
+
+    acc: float
+    report_acc: float
+    rank: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def round_half_up(value: float, decimals: int) -> float:
+    """Round like the official scripts: ``Decimal(value).quantize(10**-decimals, ROUND_HALF_UP)``.
+
+    ``Decimal(value)`` takes the exact binary value of the float, so 92.125 rounds up and 92.12499999 does not.
+    """
+    return float(Decimal(value).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP))
+
+
+class SearchSpace(ABC):
+    """A discrete search space: allowed values per answer position, a scorer, and its description for a chat model.
+
+    Subclasses set :attr:`choices` and the texts, and implement :meth:`evaluate`. An *answer* is the tuple the
+    model is asked for (op ids or channel numbers); :meth:`key` is its identifier (the benchmark table key).
+
+    Attributes:
+        name: short name (``nas-bench-macro``...).
+        choices: allowed answer values, one tuple per position.
+        system_prompt: the system message.
+        task_prompt: the task: the space, the operations, what the answer must look like.
+        answer_noun: what the answer is called in prompts (``operation ID list``, ``channel list``).
+        metric_noun: what the score fed back is called (``accuracy``, ``validation accuracy``).
+        prompt_decimals: decimals of the accuracies fed back (rounded half up, as the official scripts do).
+    """
+
+    name: str = "space"
+    choices: tuple[tuple[int, ...], ...] = ()
+    system_prompt: str = "You are an expert in the field of neural architecture search."
+    task_prompt: str = ""
+    answer_noun: str = "operation ID list"
+    metric_noun: str = "accuracy"
+    prompt_decimals: int = 2
+
+    @property
+    def length(self) -> int:
+        """Number of positions in an answer."""
+        return len(self.choices)
+
+    @property
+    def size(self) -> int:
+        """Number of architectures in the space."""
+        return int(np.prod([len(c) for c in self.choices]))
+
+    @property
+    def format_suffix(self) -> str:
+        """The closing instruction on the answer's form (the official 'nothing but the list')."""
+        return f"Reply with the {self.answer_noun} only, and nothing else."
+
+    def validate(self, values: Sequence[int]) -> Answer:
+        """Check a proposed answer and return it in canonical form.
+
+        Args:
+            values: integers as proposed.
+
+        Returns:
+            The answer as a tuple.
+
+        Raises:
+            ValueError: wrong length or a value outside a position's choices; the message says which and what is
+                allowed (it is sent back to the chat model as a correction).
+        """
+        values = tuple(int(v) for v in values)
+        if len(values) != self.length:
+            raise ValueError(f"the list has {len(values)} numbers, but exactly {self.length} are needed")
+        bad = [
+            f"position {i + 1} is {v} (allowed: {', '.join(map(str, c))})"
+            for i, (v, c) in enumerate(zip(values, self.choices, strict=False))
+            if v not in c
+        ]
+        if bad:
+            raise ValueError("; ".join(bad))
+        return values
+
+    def key(self, answer: Sequence[int]) -> str:
+        """Identifier of an answer: the digits of the choice indices (benchmarks override it with their table key)."""
+        return "".join(str(c.index(v)) for v, c in zip(self.validate(answer), self.choices, strict=False))
+
+    def format_answer(self, answer: Sequence[int]) -> str:
+        """The answer as written in prompts, ``[1, 2, 0]``."""
+        return "[" + ", ".join(str(v) for v in answer) + "]"
+
+    def random_answer(self, rng: random.Random) -> Answer:
+        """A uniformly random architecture."""
+        return tuple(rng.choice(c) for c in self.choices)
+
+    def neighbours(self, answer: Sequence[int]) -> list[Answer]:
+        """All answers that differ from ``answer`` in exactly one position (position-major order)."""
+        answer = tuple(answer)
+        out = []
+        for i, c in enumerate(self.choices):
+            out += [answer[:i] + (v,) + answer[i + 1 :] for v in c if v != answer[i]]
+        return out
+
+    def mutate(self, answer: Sequence[int], rng: random.Random) -> Answer:
+        """Change one uniformly chosen position to another of its values (the evolution's mutation)."""
+        answer = tuple(answer)
+        i = rng.randrange(self.length)
+        value = rng.choice([v for v in self.choices[i] if v != answer[i]])
+        return answer[:i] + (value,) + answer[i + 1 :]
+
+    @abstractmethod
+    def evaluate(self, answer: Sequence[int]) -> Evaluation:
+        """Score a valid answer."""
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary for result files."""
+        return {"name": self.name, "size": self.size, "choices": [list(c) for c in self.choices]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# benchmark tables
+
+
+@functools.lru_cache(maxsize=8)
+def _read_json(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    """Parse a table once per (path, modification time, size): trials and tests reuse it."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class TableSpace(SearchSpace):
+    """A benchmark read from a JSON table: ``{key: {field: value}}`` for every architecture of the space.
+
+    Args:
+        path: the table file, or a folder holding it under :attr:`filename`.
+
+    Raises:
+        FileNotFoundError: no table at ``path`` (the message names the expected file).
+        ValueError: the file is not JSON, lacks entries or fields, or has keys outside the space.
+    """
+
+    filename: str = ""
+    acc_field: str = ""
+    report_field: str = ""
+    required_fields: tuple[str, ...] = ()
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        if path.is_dir():
+            path = path / self.filename
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{self.name}: table {str(path)!r} not found; expected the benchmark file {self.filename!r} "
+                f"({self.size} entries) or a folder that holds it"
+            )
+        self.path = path
+        stat = path.stat()
+        try:
+            raw = _read_json(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{self.name}: table {str(path)!r} is not valid JSON ({err}); expected "
+                             f"{self.filename!r}") from err  # fmt: skip
+        self._table = self._check(raw)
+        keys = list(self._table)
+        accs = np.array([self._table[k][self.acc_field] for k in keys], dtype=np.float64)
+        self._ranks = self._table_ranks(keys, accs)
+
+    def _malformed(self, why: str) -> ValueError:
+        return ValueError(f"{self.name}: table {str(self.path)!r} is malformed: {why}; expected {self.filename!r} "
+                          f"with {self.size} entries {{key: {{{', '.join(self.required_fields)}}}}}")  # fmt: skip
+
+    def _check(self, raw: Any) -> dict[str, dict[str, Any]]:
+        if not isinstance(raw, dict):
+            raise self._malformed(f"the top level is a {type(raw).__name__}, not an object")
+        if len(raw) != self.size:
+            raise self._malformed(f"it has {len(raw)} entries, not {self.size}")
+        for key, entry in raw.items():
+            try:
+                self.decode(key)
+            except ValueError as err:
+                raise self._malformed(f"key {key!r} is not an architecture of this space ({err})") from err
+            if not isinstance(entry, dict) or any(f not in entry for f in self.required_fields):
+                has = sorted(entry) if isinstance(entry, dict) else entry
+                raise self._malformed(f"entry {key!r} lacks fields (it has {has!r})")
+        return raw
+
+    def _table_ranks(self, keys: list[str], accs: np.ndarray) -> dict[str, int]:
+        # competition rank on the optimiser's score: 1 + the number of strictly better entries
+        descending = -np.sort(-accs)
+        ranks = 1 + np.searchsorted(-descending, -accs, side="left")
+        return dict(zip(keys, ranks.tolist(), strict=False))
+
+    @abstractmethod
+    def decode(self, key: str) -> Answer:
+        """The answer of a table key (inverse of :meth:`key`).
+
+        Raises:
+            ValueError: ``key`` does not name an architecture of the space.
+        """
+
+    def evaluate(self, answer: Sequence[int]) -> Evaluation:
+        """Look the answer up: accuracy (percent), reported accuracy, rank and the other fields of its entry."""
+        key = self.key(answer)
+        entry = self._table[key]
+        info = {k: v for k, v in entry.items() if k not in (self.acc_field, self.report_field)}
+        return Evaluation(
+            acc=float(entry[self.acc_field]),
+            report_acc=float(entry[self.report_field]),
+            rank=int(self._ranks[key]),
+            info=info,
+        )
+
+    def all_keys(self) -> list[str]:
+        """Every table key, in file order."""
+        return list(self._table)
+
+    def best(self) -> tuple[Answer, Evaluation]:
+        """The entry with the highest reported accuracy."""
+        key = max(self._table, key=lambda k: self._table[k][self.report_field])
+        answer = self.decode(key)
+        return answer, self.evaluate(answer)
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {**super().describe(), "table": str(self.path)}
+
+
+_MACRO_TASK = """\
+Help me choose the operations of an image classifier. It is trained and tested on CIFAR-10 (32x32 colour images, 10 \
+classes), and the goal is the highest test accuracy on CIFAR-10.
+
+The network has a fixed stem, eight layers to choose (layer2 to layer9) and a fixed head. Channel counts and strides \
+are fixed:
+- layer1 (fixed): 3x3 convolution, 3 -> 32 channels, padding 1, no bias
+- layer2: 32 -> 64 channels, stride 2 (downsampling)
+- layer3: 64 -> 64 channels, stride 1
+- layer4: 64 -> 128 channels, stride 2 (downsampling)
+- layer5: 128 -> 128 channels, stride 1
+- layer6: 128 -> 128 channels, stride 1
+- layer7: 128 -> 256 channels, stride 2 (downsampling)
+- layer8: 256 -> 256 channels, stride 1
+- layer9: 256 -> 256 channels, stride 1
+- layer10 (fixed): 1x1 convolution, 256 -> 1280 channels, no bias
+- layer11 (fixed): global average pooling
+- layer12 (fixed): fully connected layer, 1280 -> 10
+
+Each of layer2..layer9 takes one of 3 operations:
+0: Identity. The input passes through unchanged; where the layer changes the channel count or has stride 2, it is a \
+1x1 convolution with that stride (no bias) followed by BatchNorm instead.
+1: Inverted residual block with expansion 3 and kernel size 3: a 1x1 convolution widening to 3 x in_channels, \
+BatchNorm, ReLU; a 3x3 depthwise convolution with the layer's stride, BatchNorm, ReLU; a 1x1 convolution to \
+out_channels, BatchNorm. The input is added to the output when the stride is 1 and in_channels == out_channels.
+2: Inverted residual block as in 1, with expansion 6 and kernel size 5 (a 5x5 depthwise convolution).
+
+Give the operation of each of the 8 layers layer2..layer9 as a list of 8 operation IDs, in layer order. For example \
+[1, 2, 0, 0, 1, 1, 2, 0] means operation 1 for layer2, operation 2 for layer3, ..., operation 0 for layer9.
+"""
+
+
+class MacroBenchSpace(TableSpace):
+    """NAS-Bench-Macro on CIFAR-10: 8 layers, ops 0 identity, 1 IR(e3, k3), 2 IR(e6, k5); key = the 8 op digits."""
+
+    name = "nas-bench-macro"
+    filename = "nas_bench_macro_cifar10.json"
+    choices = ((0, 1, 2),) * 8
+    acc_field = report_field = "mean_acc"
+    required_fields = ("mean_acc",)
+    task_prompt = _MACRO_TASK
+
+    def key(self, answer: Sequence[int]) -> str:  # noqa: D102
+        return "".join(str(v) for v in self.validate(answer))
+
+    def decode(self, key: str) -> Answer:  # noqa: D102
+        if len(key) != self.length or not key.isdigit():
+            raise ValueError(f"expected {self.length} digits, got {key!r}")
+        return self.validate([int(c) for c in key])
+
+
+def _channel_task(layout: str, block: str, options: Sequence[Sequence[int]], example: Sequence[int]) -> str:
+    opts = "\n".join(f"- channels[{i}]: {', '.join(map(str, o))}" for i, o in enumerate(options))
+    ex = ", ".join(map(str, example))
+    return (
+        "Help me choose the channel numbers of an image classifier. It is trained and tested on CIFAR-10 (32x32 "
+        "colour images, 10 classes), and the goal is the highest test accuracy on CIFAR-10.\n\n"
+        f"The network, layer by layer, with its widths taken from a list `channels` of 7 numbers:\n{layout}\n"
+        f"{block}\n"
+        f"Allowed values of each entry of `channels`:\n{opts}\n\n"
+        "Choose the 7 channel numbers, each from its allowed values, to make the accuracy on CIFAR-10 as high as "
+        f"possible. Give them as a list of 7 numbers in index order, e.g. [{ex}].\n"
+    )
+
+
+_RESNET_LAYOUT = """\
+- layer1: 3x3 convolution, 3 -> channels[0], padding 1, no bias
+- layer2: Bottleneck(in=channels[0], mid=channels[1], out=channels[0], stride=1)
+- layer3: Bottleneck(in=channels[0], mid=channels[2], out=channels[0], stride=1)
+- layer4: Bottleneck(in=channels[0], mid=channels[3], out=channels[4], stride=2)
+- layer5: Bottleneck(in=channels[4], mid=channels[5], out=channels[4], stride=1)
+- layer6: Bottleneck(in=channels[4], mid=channels[6], out=channels[4], stride=1)
+- layer7: global average pooling
+- layer8: fully connected layer, channels[4] -> 10
+"""
+_RESNET_BLOCK = """\
+Bottleneck(in, mid, out, stride) is a residual block: a 3x3 convolution in -> mid with the given stride (padding 1, \
+no bias), BatchNorm, ReLU, a 3x3 convolution mid -> out (stride 1, padding 1, no bias), BatchNorm. When the stride is \
+1 the block's input is added to this result; a ReLU follows in both cases.
+"""
+_MOBILENET_LAYOUT = """\
+- layer1: 3x3 convolution, 3 -> channels[0], padding 1, no bias
+- layer2: InvertedResidual(in=channels[0], mid=channels[1], out=channels[0], stride=1)
+- layer3: InvertedResidual(in=channels[0], mid=channels[2], out=channels[0], stride=1)
+- layer4: InvertedResidual(in=channels[0], mid=channels[3], out=channels[4], stride=2)
+- layer5: InvertedResidual(in=channels[4], mid=channels[5], out=channels[4], stride=1)
+- layer6: 1x1 convolution, channels[4] -> channels[6], no bias
+- layer7: global average pooling
+- layer8: fully connected layer, channels[6] -> 10
+"""
+_MOBILENET_BLOCK = """\
+InvertedResidual(in, mid, out, stride) is a MobileNetV2 block: a 1x1 convolution in -> mid, BatchNorm, ReLU; a 3x3 \
+depthwise convolution on mid channels with the given stride, BatchNorm, ReLU; a 1x1 convolution mid -> out, \
+BatchNorm. The block's input is added to the result when the stride is 1 and in == out.
+"""
+
+
+class ChannelBenchSpace(TableSpace):
+    """Channel-Bench-Macro (CIFAR-10): 7 widths, 4 choices each; key digit = 1-based index of the chosen width.
+
+    The answer is the 7 channel numbers. :meth:`validate` also accepts the 1-based indices (all values in 1..4,
+    which no width equals) and converts them.
+    """
+
+    acc_field = report_field = "mean"
+    required_fields = ("mean",)
+    answer_noun = "channel list"
+
+    def validate(self, values: Sequence[int]) -> Answer:  # noqa: D102
+        values = tuple(int(v) for v in values)
+        if len(values) == self.length and all(1 <= v <= 4 for v in values):
+            values = tuple(c[v - 1] for v, c in zip(values, self.choices, strict=False))
+        return super().validate(values)
+
+    def key(self, answer: Sequence[int]) -> str:  # noqa: D102
+        return "".join(str(c.index(v) + 1) for v, c in zip(self.validate(answer), self.choices, strict=False))
+
+    def decode(self, key: str) -> Answer:  # noqa: D102
+        if len(key) != self.length or any(ch not in "1234" for ch in key):
+            raise ValueError(f"expected {self.length} digits in 1..4, got {key!r}")
+        return tuple(c[int(ch) - 1] for ch, c in zip(key, self.choices, strict=False))
+
+
+class ChannelResNetSpace(ChannelBenchSpace):
+    """Channel-Bench-Macro, ResNet base."""
+
+    name = "channel-bench-resnet"
+    filename = "channel_bench_macro_resnet_cifar10.json"
+    choices = ((64, 128, 192, 256),) * 3 + ((128, 256, 384, 512),) * 4
+    task_prompt = _channel_task(_RESNET_LAYOUT, _RESNET_BLOCK, choices, (64, 192, 128, 256, 384, 128, 512))
+
+
+class ChannelMobileNetSpace(ChannelBenchSpace):
+    """Channel-Bench-Macro, MobileNet base."""
+
+    name = "channel-bench-mobilenet"
+    filename = "channel_bench_macro_mobilenet_cifar10.json"
+    choices = (
+        (32, 64, 96, 128),
+        (192, 384, 576, 768),
+        (192, 384, 576, 768),
+        (192, 384, 576, 768),
+        (64, 128, 192, 256),
+        (384, 768, 1152, 1536),
+        (256, 512, 768, 1024),
+    )
+    task_prompt = _channel_task(_MOBILENET_LAYOUT, _MOBILENET_BLOCK, choices, (64, 576, 192, 768, 128, 1152, 256))
+
+
+NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+
+_NB201_SYSTEM = (
+    "You are a world-leading deep-learning researcher, known above all for your work on neural architecture "
+    "search: efficient algorithms that explore large spaces of network designs and find architectures that are "
+    "accurate on the task at hand while cheap to train and run."
+)
+
+_NB201_TASK = """\
+You are an expert in neural architecture search. Help me design the best neural network cell from a fixed set of \
+operations; the goal is the highest accuracy of the network.
+
+The cell has 4 feature maps (nodes) s0, s1, s2, s3 and 6 operations op0..op5 on the edges between them:
+- s0 is the cell's input;
+- s1 = op0(s0);
+- s2 = op1(s0) + op2(s1);
+- s3 = op3(s0) + op4(s1) + op5(s2), and s3 is the cell's output, the input of the next cell.
+
+Each of op0..op5 is one of 5 operations, none of which changes the number of channels or the spatial size:
+0: zero. Outputs zeros whatever the input, so no information or gradient flows along this edge.
+1: skip connection (identity).
+2: ReLU, then a 1x1 convolution (stride 1), then BatchNorm.
+3: ReLU, then a 3x3 convolution (stride 1, padding 1), then BatchNorm.
+4: 3x3 average pooling (stride 1, padding 1).
+
+Think about what each operation does and how gradients flow through the cell from the output back to the earlier \
+nodes, then propose the cell that you expect to perform best, whatever its size or cost. I will measure each \
+proposal and report the result; do not propose a cell that was already measured.
+
+Give the cell as a list of 6 operation IDs [op0, op1, op2, op3, op4, op5], for example [3, 1, 2, 0, 3, 4].
+"""
+
+
+class NASBench201Space(TableSpace):
+    """NAS-Bench-201: a 4-node cell, 6 edges, 5 ops; key = ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``.
+
+    The optimiser sees ``val_acc_200``; the report gives ``test_acc_200`` and the table's rank (by test accuracy).
+
+    Args:
+        path: the table file or a folder holding it.
+        dataset: ``cifar10``, ``cifar100`` or ``imagenet16-120``.
+    """
+
+    choices = ((0, 1, 2, 3, 4),) * 6
+    acc_field = "val_acc_200"
+    report_field = "test_acc_200"
+    required_fields = ("val_acc_200", "test_acc_200", "rank")
+    system_prompt = _NB201_SYSTEM
+    task_prompt = _NB201_TASK
+    metric_noun = "validation accuracy"
+    prompt_decimals = 3  # the official NAS-Bench-201 script feeds back three decimals
+    _FILES = {
+        "cifar10": "nas_bench_201_cifar10.json",
+        "cifar100": "nas_bench_201_cifar100.json",
+        "imagenet16-120": "nas_bench_201_imagenet.json",
+    }
+
+    def __init__(self, path: str | os.PathLike, dataset: str = "cifar10") -> None:
+        if dataset not in self._FILES:
+            raise ValueError(f"unknown NAS-Bench-201 dataset {dataset!r}; expected one of {list(self._FILES)}")
+        self.dataset = dataset
+        self.name = f"nas-bench-201-{dataset}"
+        self.filename = self._FILES[dataset]
+        super().__init__(path)
+
+    def _table_ranks(self, keys: list[str], accs: np.ndarray) -> dict[str, int]:
+        return {k: int(self._table[k]["rank"]) for k in keys}
+
+    def key(self, answer: Sequence[int]) -> str:  # noqa: D102
+        o = [NB201_OPS[v] for v in self.validate(answer)]
+        return f"|{o[0]}~0|+|{o[1]}~0|{o[2]}~1|+|{o[3]}~0|{o[4]}~1|{o[5]}~2|"
+
+    def decode(self, key: str) -> Answer:  # noqa: D102
+        parts = key.split("+")
+        expected_sources = ([0], [0, 1], [0, 1, 2])
+        if len(parts) != 3:
+            raise ValueError(f"expected 3 nodes separated by '+', got {key!r}")
+        ids = []
+        for part, sources in zip(parts, expected_sources, strict=False):
+            edges = [e for e in part.split("|") if e]
+            if len(edges) != len(sources):
+                raise ValueError(f"node {part!r} should have {len(sources)} edges")
+            for edge, src in zip(edges, sources, strict=False):
+                op, _, source = edge.partition("~")
+                if op not in NB201_OPS or source != str(src):
+                    raise ValueError(f"edge {edge!r}: expected <op>~{src} with op in {NB201_OPS}")
+                ids.append(NB201_OPS.index(op))
+        return tuple(ids)
+
+
+#: Benchmark names accepted by :func:`load_space` (and ``tenfold search --space``).
+SPACES: dict[str, Any] = {
+    "nas-bench-macro": MacroBenchSpace,
+    "channel-bench-resnet": ChannelResNetSpace,
+    "channel-bench-mobilenet": ChannelMobileNetSpace,
+    "nas-bench-201-cifar10": functools.partial(NASBench201Space, dataset="cifar10"),
+    "nas-bench-201-cifar100": functools.partial(NASBench201Space, dataset="cifar100"),
+    "nas-bench-201-imagenet16-120": functools.partial(NASBench201Space, dataset="imagenet16-120"),
+}
+
+
+def load_space(name: str, table: str | os.PathLike) -> TableSpace:
+    """Open the benchmark ``name`` from its table file (or a folder holding it under the standard file name).
+
+    Args:
+        name: one of :data:`SPACES`.
+        table: the table file, or a folder with the benchmark files.
+
+    Raises:
+        ValueError: an unknown name, or a malformed table.
+        FileNotFoundError: the table is missing.
+    """
+    if name not in SPACES:
+        raise ValueError(f"unknown search space {name!r}; expected one of {list(SPACES)}")
+    return SPACES[name](table)

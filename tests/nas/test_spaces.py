@@ -1,0 +1,119 @@
+"""Benchmark spaces: keys, lookups and ranks against the raw tables; clear errors on missing or bad tables."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tenfold.nas.spaces import SPACES, load_space, round_half_up
+
+FILES = {
+    "nas-bench-macro": "nas_bench_macro_cifar10.json",
+    "channel-bench-resnet": "channel_bench_macro_resnet_cifar10.json",
+    "channel-bench-mobilenet": "channel_bench_macro_mobilenet_cifar10.json",
+    "nas-bench-201-cifar10": "nas_bench_201_cifar10.json",
+    "nas-bench-201-cifar100": "nas_bench_201_cifar100.json",
+    "nas-bench-201-imagenet16-120": "nas_bench_201_imagenet.json",
+}
+# best entry of each table (README of the shared tables; test accuracy on NAS-Bench-201)
+BEST = {
+    "nas-bench-macro": 93.13,
+    "channel-bench-resnet": 93.89,
+    "channel-bench-mobilenet": 91.89,
+    "nas-bench-201-cifar10": 94.37,
+    "nas-bench-201-cifar100": 73.51,
+    "nas-bench-201-imagenet16-120": 47.31,
+}
+
+
+def _raw(tables, name):
+    with open(tables / FILES[name]) as f:
+        return json.load(f)
+
+
+def test_registry_names():
+    assert set(SPACES) == set(FILES)
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_keys_round_trip_and_lookup(tables, name):
+    space = load_space(name, tables)
+    raw = _raw(tables, name)
+    assert space.size == len(raw)
+    for key in raw:
+        assert space.key(space.decode(key)) == key
+    answer, best = space.best()
+    assert round(best.report_acc, 2) == BEST[name] and best.rank == 1
+    key = next(iter(raw))
+    ev = space.evaluate(space.decode(key))
+    if name.startswith("nas-bench-201"):
+        acc_field, report_field = "val_acc_200", "test_acc_200"
+    else:
+        acc_field = report_field = "mean_acc" if name == "nas-bench-macro" else "mean"
+    assert (ev.acc, ev.report_acc) == (raw[key][acc_field], raw[key][report_field])
+
+
+def test_macro_and_channel_encodings(tables):
+    macro = load_space("nas-bench-macro", tables)
+    assert macro.key([0, 2, 0, 1, 2, 1, 0, 0]) == "02012100"
+    resnet = load_space("channel-bench-resnet", tables)
+    # the first entry of the table, "4432214": widths by 1-based index
+    assert resnet.decode("4432214") == (256, 256, 192, 256, 256, 128, 512)
+    assert resnet.key([4, 4, 3, 2, 2, 1, 4]) == "4432214"  # indices are accepted too
+    mobile = load_space("channel-bench-mobilenet", tables)
+    assert mobile.decode("4432214") == (128, 768, 576, 384, 128, 384, 1024)
+    nb = load_space("nas-bench-201-cifar10", tables)
+    assert nb.key([2, 1, 4, 2, 0, 2]) == (
+        "|nor_conv_1x1~0|+|skip_connect~0|avg_pool_3x3~1|+|nor_conv_1x1~0|none~1|nor_conv_1x1~2|"
+    )
+    assert nb.evaluate([2, 1, 4, 2, 0, 2]).rank == 8163  # the table's own rank
+
+
+@pytest.mark.parametrize("name", ["nas-bench-macro", "channel-bench-mobilenet"])
+def test_ranks_are_competition_ranks_of_the_mean(tables, name):
+    space = load_space(name, tables)
+    raw = _raw(tables, name)
+    field = "mean_acc" if name == "nas-bench-macro" else "mean"
+    means = np.array([v[field] for v in raw.values()])
+    rng = np.random.default_rng(0)
+    for key in rng.choice(list(raw), 50):
+        assert space.evaluate(space.decode(key)).rank == 1 + int((means > raw[key][field]).sum())
+
+
+def test_rounding_is_half_up_on_the_exact_value():
+    assert round_half_up(92.125, 2) == 92.13  # exactly representable: half up (Python's round gives 92.12)
+    assert round_half_up(0.125, 2) == 0.13
+    assert round_half_up(91.49599997884116, 3) == 91.496
+
+
+def test_validation_messages(tables):
+    space = load_space("channel-bench-mobilenet", tables)
+    with pytest.raises(ValueError, match=r"position 1 is 48 \(allowed: 32, 64, 96, 128\)") as err:
+        space.validate([48, 64, 192, 192, 64, 384, 256])
+    assert "position 2 is 64" in str(err.value)
+
+
+def test_missing_and_malformed_tables(tables, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nas_bench_macro_cifar10.json"):
+        load_space("nas-bench-macro", tmp_path)
+    with pytest.raises(ValueError, match="unknown search space 'nas-bench-101'"):
+        load_space("nas-bench-101", tables)
+    bad = tmp_path / "nas_bench_201_cifar100.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON.*nas_bench_201_cifar100.json"):
+        load_space("nas-bench-201-cifar100", tmp_path)
+    raw = _raw(tables, "nas-bench-macro")
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps(dict(list(raw.items())[:10])))
+    with pytest.raises(ValueError, match="10 entries, not 6561.*nas_bench_macro_cifar10.json"):
+        load_space("nas-bench-macro", small)
+    raw["02012100"] = {"std": 1.0}
+    small.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="entry '02012100' lacks fields"):
+        load_space("nas-bench-macro", small)
+    raw = {("3" + k[1:] if i == 0 else k): v for i, (k, v) in enumerate(_raw(tables, "nas-bench-macro").items())}
+    small.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="is not an architecture of this space"):
+        load_space("nas-bench-macro", small)
