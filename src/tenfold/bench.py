@@ -14,7 +14,12 @@ from typing import Any
 __all__ = ["register_bench", "list_benches", "run_bench", "bench_markdown"]
 
 #: Modules whose import registers benchmarks; a family adds its module here when it lands.
-BENCH_MODULES = ("tenfold.classification.bench", "tenfold.distill.bench", "tenfold.models.bench")
+BENCH_MODULES = (
+    "tenfold.classification.bench",
+    "tenfold.distill.bench",
+    "tenfold.models.bench",
+    "tenfold.speech.bench",
+)
 
 _REGISTRY: dict[str, tuple[Callable[[bool], Any], str]] = {}
 

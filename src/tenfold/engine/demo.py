@@ -19,7 +19,13 @@ from typing import Any
 __all__ = ["DemoContext", "DemoResult", "list_demos", "markdown_table", "plot_curves", "register_demo", "run_demos"]
 
 #: Modules whose import registers demos; a family adds its module here when it lands.
-DEMO_MODULES = ("tenfold.classification.demo", "tenfold.distill.demo", "tenfold.models.demo", "tenfold.nas.demo")
+DEMO_MODULES = (
+    "tenfold.classification.demo",
+    "tenfold.distill.demo",
+    "tenfold.models.demo",
+    "tenfold.nas.demo",
+    "tenfold.speech.demo",
+)
 
 
 @dataclass

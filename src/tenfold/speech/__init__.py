@@ -1,0 +1,27 @@
+"""Speech enhancement: TaylorSENet (arXiv 2205.00206), its front end and loss, metrics, data and the task.
+
+>>> from tenfold.speech import TaylorSENet, ComMagEuclideanLoss, stft_compress, istft_decompress
+"""
+
+from tenfold.speech.stft import STFTConfig, istft_decompress, stft_compress, variance_norm_scale
+from tenfold.speech.taylorsenet import (
+    PAPER_CONFIG,
+    SMALL_CONFIG,
+    ComMagEuclideanLoss,
+    TaylorOutput,
+    TaylorSENet,
+    load_taylorsenet,
+)
+
+__all__ = [
+    "PAPER_CONFIG",
+    "SMALL_CONFIG",
+    "ComMagEuclideanLoss",
+    "STFTConfig",
+    "TaylorOutput",
+    "TaylorSENet",
+    "istft_decompress",
+    "load_taylorsenet",
+    "stft_compress",
+    "variance_norm_scale",
+]

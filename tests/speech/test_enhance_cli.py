@@ -1,0 +1,136 @@
+"""``tenfold enhance``: chunked inference in bounded memory, exact length, no seams, resampling, folders, errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from tenfold.data.builtin import make_speech
+from tenfold.speech.cli import enhance_main
+from tenfold.speech.data import resample
+from tenfold.speech.enhance import chunk_plan, enhance_waveform
+from tenfold.speech.taylorsenet import SMALL_CONFIG, TaylorSENet
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = {**SMALL_CONFIG, "c": 4, "cd1": 4, "dilations": [1], "order_num": 1}
+
+
+def identity_model(**arch) -> TaylorSENet:
+    """A TaylorSENet whose output is its input: gain sigmoid(30) ~ 1 and zero high-order heads."""
+    model = TaylorSENet(**arch).eval()
+    with torch.no_grad():
+        head = model.zeroorderblock.de.last_conv[3]
+        head.weight.zero_()
+        head.bias.fill_(30.0)
+        for block in model.highorderblock_list:
+            for conv in (block.real_resi, block.imag_resi):
+                conv.weight.zero_()
+                conv.bias.zero_()
+    return model
+
+
+def save_ckpt(model: TaylorSENet, arch: dict, path) -> None:
+    """The layout of a tenfold training checkpoint (model weights under ``model.``, architecture in hparams)."""
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"model_kwargs": arch}}, path)  # fmt: skip
+
+
+def test_chunk_plan_covers_the_signal_with_exact_overlaps():
+    plan = chunk_plan(1000, 300, 50)
+    assert plan[0][0] == 0 and plan[-1][1] == 1000
+    assert all(b[0] == a[1] - 50 for a, b in zip(plan, plan[1:], strict=False))
+    assert chunk_plan(200, 300, 50) == [(0, 200)]
+    with pytest.raises(ValueError, match="overlap"):
+        chunk_plan(1000, 300, 300)
+
+
+def test_five_minute_file_in_bounded_memory_with_exact_length(tmp_path, monkeypatch, capsys):
+    _, noisy = make_speech(1, seed=5, split="test", seconds=60.0)
+    wave = noisy.repeat(1, 5)[0] * 0.5  # 5 minutes at 16 kHz
+    sf.write(tmp_path / "long.wav", wave.numpy(), 16000, subtype="FLOAT")
+    save_ckpt(identity_model(**TINY), TINY, tmp_path / "identity.ckpt")
+    seen: list[int] = []
+    forward = TaylorSENet.forward_terms
+
+    def recording(self, spec):
+        seen.append(spec.shape[2])
+        return forward(self, spec)
+
+    monkeypatch.setattr(TaylorSENet, "forward_terms", recording)
+    ckpt = str(tmp_path / "identity.ckpt")
+    args = [str(tmp_path / "long.wav"), str(tmp_path / "out.wav"), "--ckpt", ckpt, "--chunk-seconds", "10"]
+    code = enhance_main([*args, "--overlap-seconds", "1"])
+    assert code == 0
+    out, sr = sf.read(tmp_path / "out.wav", dtype="float32")
+    assert sr == 16000 and out.shape == (wave.numel(),)
+    # memory: the network never saw more than one 10-s chunk (1001 frames), and it saw every chunk
+    assert max(seen) <= 10 * 100 + 1 and len(seen) == len(chunk_plan(wave.numel(), 160000, 16000))
+    # the cross-fade weights sum to one: an identity network gives back the input everywhere, seams included
+    np.testing.assert_allclose(out, wave.numpy(), atol=1e-4)
+    printed = capsys.readouterr().out
+    assert "real-time factor" in printed and "300.0 s of audio" in printed
+
+
+def test_no_seams_between_chunks():
+    """Stated level: chunked output within -40 dB (RMS) of whole-file output, and no level change in the overlaps."""
+    torch.manual_seed(0)
+    model = TaylorSENet(**SMALL_CONFIG).eval()
+    _, noisy = make_speech(1, seed=6, split="test", seconds=20.0)
+    x = noisy[0]
+    whole = enhance_waveform(model, x, chunk_seconds=30.0)
+    chunked = enhance_waveform(model, x, chunk_seconds=4.0, overlap_seconds=0.5)
+    assert chunked.shape == x.shape
+    err_db = 10 * math.log10((chunked - whole).pow(2).mean() / whole.pow(2).mean())
+    assert err_db < -40
+    for start, _ in chunk_plan(x.numel(), 64000, 8000)[1:]:
+        seg = slice(start, start + 8000)
+        ratio_db = 10 * math.log10(chunked[seg].pow(2).mean() / whole[seg].pow(2).mean())
+        assert abs(ratio_db) < 0.1
+        jump, ref = (chunked[seg].diff().abs().max()), (whole[seg].diff().abs().max())
+        assert jump < 1.05 * ref + 1e-4
+
+
+def test_other_sample_rates_and_folders(tmp_path, capsys):
+    clean, _ = make_speech(2, seed=7, split="test", seconds=1.0)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    up = resample(clean[0], 16000, 48000)  # band-limited to 8 kHz, so the 48k -> 16k -> 48k trip keeps it
+    sf.write(folder / "a48k.wav", up.numpy(), 48000, subtype="FLOAT")
+    sf.write(folder / "b16k.wav", clean[1].numpy(), 16000, subtype="PCM_16")
+    (folder / "notes.txt").write_text("not audio")
+    arch = dict(TINY)
+    save_ckpt(identity_model(**arch), arch, tmp_path / "id.ckpt")
+    ckpt = str(tmp_path / "id.ckpt")
+    assert enhance_main([str(folder), str(tmp_path / "out"), "--ckpt", ckpt, "--threads", "1"]) == 0
+    a, sr_a = sf.read(tmp_path / "out" / "a48k.wav", dtype="float32")
+    b, sr_b = sf.read(tmp_path / "out" / "b16k.wav", dtype="float32")
+    assert sr_a == 48000 and a.shape == up.shape and sr_b == 16000 and b.shape == clean[1].shape
+    assert sf.info(tmp_path / "out" / "b16k.wav").subtype == "PCM_16"
+    # identity network: the 48k -> 16k -> 48k trip only loses what the anti-aliasing filters cut near 8 kHz
+    snr_db = 10 * np.log10((up.numpy() ** 2).sum() / ((a - up.numpy()) ** 2).sum())
+    assert snr_db > 30, snr_db
+    assert np.abs(b - clean[1].numpy()).max() < 2e-4  # 16-bit quantisation
+    assert not (tmp_path / "out" / "notes.txt").exists()
+    assert capsys.readouterr().out.count("RTF") == 2
+
+
+def test_errors_are_reported_and_files_never_overwritten(tmp_path, capsys):
+    clean, _ = make_speech(1, seed=8, split="test", seconds=0.5)
+    sf.write(tmp_path / "x.wav", clean[0].numpy(), 16000)
+    save_ckpt(identity_model(**TINY), TINY, tmp_path / "id.ckpt")
+    (tmp_path / "taken.wav").write_bytes(b"user data")
+    ckpt = str(tmp_path / "id.ckpt")
+    assert enhance_main([str(tmp_path / "x.wav"), str(tmp_path / "taken.wav"), "--ckpt", ckpt]) == 2
+    assert (tmp_path / "taken.wav").read_bytes() == b"user data"
+    assert "exists already" in capsys.readouterr().err
+    assert enhance_main([str(tmp_path / "missing.wav"), str(tmp_path / "o.wav"), "--ckpt", ckpt]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    torch.save({"bogus.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    assert enhance_main([str(tmp_path / "x.wav"), str(tmp_path / "o.wav"), "--ckpt", str(tmp_path / "bad.pth")]) == 2
+    assert "do not fit" in capsys.readouterr().err
+    assert not (tmp_path / "o.wav").exists()
