@@ -142,15 +142,15 @@ def test_tiny_recipes_and_two_process_distillation(tmp_path):
             "--trainer.max_epochs", "-1", "--trainer.val_check_interval", "4", "--data.init_args.batch_size", "32",
             "--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0"]  # fmt: skip
     run_tenfold(["fit", "--config", str(REPO / "configs/distill/tiny_teacher.yaml"), *fast], tmp_path)
-    teacher_ckpt = next((tmp_path / "runs" / "tiny_teacher").glob("*/checkpoints/last.ckpt"))
+    teacher_ckpt = next((tmp_path / "runs" / "distill" / "tiny_teacher").glob("*/checkpoints/last.ckpt"))
     teacher_state = {k: v for k, v in load_checkpoint(teacher_ckpt)["state_dict"].items() if k.startswith("model.")}
     for recipe in ("ce", "kd", "dist", "diffkd"):
         run_tenfold(["fit", "--config", str(REPO / f"configs/distill/tiny_{recipe}.yaml"), *fast], tmp_path)
-    dist_run = next((tmp_path / "runs" / "tiny_dist").iterdir())
+    dist_run = next((tmp_path / "runs" / "distill" / "tiny_dist").iterdir())
     metrics = json.loads((dist_run / "metrics.json").read_text())
     assert "train/distloss" in metrics and metrics["val/teacher_acc1"] > 0
     assert {"train/distloss_inter", "train/distloss_intra"} <= set(metrics)  # the parts of a loss are logged
-    diffkd = json.loads(next((tmp_path / "runs" / "tiny_diffkd").glob("*/metrics.json")).read_text())
+    diffkd = json.loads(next((tmp_path / "runs" / "distill" / "tiny_diffkd").glob("*/metrics.json")).read_text())
     for part in ("kd", "ddim", "rec"):
         assert math.isfinite(diffkd[f"train/diffkd_feature_{part}"]), part
     assert "train/diffkd_logits_ddim" in diffkd and "train/diffkd_logits_rec" not in diffkd  # no AE on logits

@@ -89,3 +89,12 @@ def test_fit_help_lists_recipe_keys(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--ckpt_path" in out and "--run_dir" in out and "--checkpoint.every_n_train_steps" in out
+
+
+def test_recipe_run_names_keep_the_family():
+    from tenfold.engine.rundir import recipe_run_name
+
+    assert recipe_run_name("configs/lightvit/tiny.yaml") == "lightvit/tiny"
+    assert recipe_run_name("/abs/repo/configs/speech/tiny.yaml") == "speech/tiny"
+    assert recipe_run_name("configs/classification/tiny.yaml") != recipe_run_name("configs/lightvit/tiny.yaml")
+    assert recipe_run_name("/home/me/my_recipe.yaml") == "my_recipe"

@@ -22,12 +22,12 @@ def test_tiny_recipe_trains_and_its_run_enhances_a_file(tmp_path, capsys):
     run_tenfold(["fit", "--config", str(CONFIGS / "tiny.yaml"), "--trainer.max_steps", "2",
                  "--trainer.val_check_interval", "2", "--data.init_args.train_size", "8",
                  "--data.init_args.val_size", "2", "--trainer.enable_progress_bar", "false"], cwd=tmp_path)  # fmt: skip
-    runs = list((tmp_path / "runs" / "tiny").iterdir())
+    runs = list((tmp_path / "runs" / "speech" / "tiny").iterdir())
     metrics = json.loads((runs[0] / "metrics.json").read_text())
     assert metrics["_global_step"] == 2 and "val/si_snr" in metrics
     _, noisy = make_speech(1, seed=2, split="test", seconds=1.0)
     sf.write(tmp_path / "noisy.wav", noisy[0].numpy(), 16000)
-    run = str(tmp_path / "runs" / "tiny")
+    run = str(tmp_path / "runs" / "speech" / "tiny")
     assert enhance_main([str(tmp_path / "noisy.wav"), str(tmp_path / "clean.wav"), "--ckpt", run]) == 0
     out, sr = sf.read(tmp_path / "clean.wav")
     assert sr == 16000 and out.shape == (16000,)

@@ -24,7 +24,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from tenfold.engine.callbacks import FinalCheckpoint, FinalMetrics, RNGState
 from tenfold.engine.checkpoint_io import SafeCheckpointIO
-from tenfold.engine.rundir import ENV_RUN_DIR, resolve_run_dir
+from tenfold.engine.rundir import ENV_RUN_DIR, recipe_run_name, resolve_run_dir
 from tenfold.utils.checkpoint import load_checkpoint
 
 __all__ = ["TenfoldCLI", "TRAINER_DEFAULTS"]
@@ -62,7 +62,10 @@ class TenfoldCLI(LightningCLI):
         parser.add_argument("--run_dir", type=str | None, default=None, help="Folder of this run (must be new).")
         parser.add_argument("--runs_root", type=str, default="runs", help="Parent of the automatic run folders.")
         parser.add_argument(
-            "--run_name", type=str | None, default=None, help="Name of the run group (default: the recipe's stem)."
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="Name of the run group (default: <family>/<stem> for configs/<family>/<stem>.yaml, else the stem).",
         )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -129,8 +132,7 @@ def _recipe_name(cfg: Any) -> str:
     configs = cfg.get("config") or []
     if configs:
         last = configs[-1]
-        path = getattr(last, "absolute", None) or getattr(last, "relative", None) or str(last)
-        return Path(str(path)).stem
+        return recipe_run_name(str(getattr(last, "absolute", None) or getattr(last, "relative", None) or str(last)))
     model = cfg.get("model")
     class_path = getattr(model, "class_path", None) if model is not None else None
     return (class_path or "run").rsplit(".", 1)[-1].lower()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tenfold.engine.rundir import recipe_run_name
 from tenfold.utils.checkpoint import atomic_write
 
 __all__ = ["repeat_main", "summarize"]
@@ -64,9 +65,9 @@ def repeat_main(argv: list[str]) -> int:
     recipe = "run"
     for i, word in enumerate(command):
         if word == "--config" and i + 1 < len(command):
-            recipe = Path(command[i + 1]).stem
+            recipe = recipe_run_name(command[i + 1])
         elif word.startswith("--config="):
-            recipe = Path(word.split("=", 1)[1]).stem
+            recipe = recipe_run_name(word.split("=", 1)[1])
     out = Path(args.out) if args.out else Path("runs") / recipe / time.strftime("repeat-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=False)
     per_seed: dict[int, dict[str, Any]] = {}

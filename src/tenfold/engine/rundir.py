@@ -50,6 +50,16 @@ def last_checkpoint(folder: str | Path) -> Path:
     return run / "checkpoints" / "last.ckpt"
 
 
+def recipe_run_name(config: str | Path) -> str:
+    """The run group of a recipe file: ``<family>/<stem>`` for ``configs/<family>/<stem>.yaml``, else the stem.
+
+    Several families have a ``tiny.yaml``; keeping the family apart means ``--ckpt_path last`` never resumes another
+    family's run.
+    """
+    path = Path(config)
+    return f"{path.parent.name}/{path.stem}" if path.parent.parent.name == "configs" else path.stem
+
+
 def resolve_run_dir(
     runs_root: str | Path, name: str, run_dir: str | Path | None, ckpt_path: str | None
 ) -> tuple[Path, str | None]:
