@@ -19,6 +19,7 @@ BENCH_MODULES = (
     "tenfold.distill.bench",
     "tenfold.models.bench",
     "tenfold.speech.bench",
+    "tenfold.mim.bench",
 )
 
 _REGISTRY: dict[str, tuple[Callable[[bool], Any], str]] = {}

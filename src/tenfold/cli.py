@@ -31,6 +31,8 @@ tenfold commands:
   search     architecture search on a benchmark table (GINAS, random, evolution, local):
              tenfold search --space nas-bench-macro --table PATH --optimizer ginas|random|evolution|local
   enhance    speech enhancement with a TaylorSENet checkpoint: tenfold enhance NOISY.wav OUT.wav --ckpt CKPT
+  greenmim-convert  a GreenMIM pre-training checkpoint as a timm Swin for fine-tuning (or our encoder's names):
+             tenfold greenmim-convert CKPT OUT.pth [--format timm|swin] [--released-channel-order]
 
 Run `tenfold COMMAND --help` for the options of a command; set TENFOLD_DEBUG=1 for full tracebacks.
 """
@@ -122,6 +124,12 @@ def _enhance(argv: list[str]) -> int:
     return enhance_main(argv)
 
 
+def _greenmim_convert(argv: list[str]) -> int:
+    from tenfold.mim.cli import convert_main
+
+    return convert_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tenfold`` console script."""
     from_sys = argv is None
@@ -138,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "export-student": _export_student,
         "search": _search,
         "enhance": _enhance,
+        "greenmim-convert": _greenmim_convert,
     }
     if command not in commands and command not in LIGHTNING_COMMANDS:
         print(f"tenfold: unknown command {command!r}\n\n{_USAGE}", file=sys.stderr)

@@ -42,8 +42,8 @@ def create_model(name: str, num_classes: int, weights: str | None = None, **kwar
         name: a name from ``timm.list_models()`` (``resnet8x4``, ``wrn_40_2``, ``resnet18``, ``lightvit_tiny``...).
         num_classes: classifier outputs.
         weights: optional local file: a tenfold training checkpoint (the model is taken from its ``model.*`` or
-            ``student.*`` weights; a run folder, or a folder of runs such as ``runs/distill/tiny_teacher``, means its most
-            recent ``checkpoints/last.ckpt``), or a released/plain state dict (``.pth``/``.pt``/``.safetensors``),
+            ``student.*`` weights; a run folder, or a folder of runs such as ``runs/distill/tiny_teacher``, means its
+            most recent ``checkpoints/last.ckpt``), or a released/plain state dict (``.pth``/``.pt``/``.safetensors``),
             loaded through timm's loader with the family's ``checkpoint_filter_fn``. Keys must match exactly, except
             the ``_diff.*``/``_align.*`` keys that official KD students carry, which are dropped.
         **kwargs: further architecture arguments.

@@ -25,6 +25,7 @@ DEMO_MODULES = (
     "tenfold.models.demo",
     "tenfold.nas.demo",
     "tenfold.speech.demo",
+    "tenfold.mim.demo",
 )
 
 

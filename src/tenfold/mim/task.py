@@ -1,0 +1,109 @@
+"""GreenMIM pre-training as a LightningModule (training glue only: the method is :mod:`tenfold.mim.greenmim`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torchmetrics import MeanMetric
+
+from tenfold.engine.optim import OptimConfig, configure_optimizers, timm_scheduler_step
+from tenfold.mim.greenmim import GreenMIM, GroupSizeRule
+
+__all__ = ["GreenMIMTask"]
+
+
+class GreenMIMTask(pl.LightningModule):
+    """Pre-train a Swin encoder with GreenMIM on unlabelled images (labels of the batch are ignored).
+
+    Logs ``train/loss`` (masked-unit MSE) and ``val/loss``; validation draws its masks from a fixed seed per batch,
+    so validation losses of different steps and runs are comparable.
+
+    Args:
+        img_size, patch_size, embed_dim, depths, num_heads, window_size, drop_path_rate, decoder_embed_dim,
+            decoder_depth, decoder_num_heads, norm_pix_loss, mask_ratio, per_sample_mask, official_decoder_order,
+            group_size_rule, fused_attn: the model (:class:`~tenfold.mim.greenmim.GreenMIM`; Swin-B/w7 defaults).
+        betas: AdamW betas ((0.9, 0.95) in the official recipe; set on the optimiser built from ``optim``).
+        optim: optimiser and schedule (timm names). Weight decay skips 1-D parameters, the relative-position bias
+            tables and the mask token (``GreenMIM.no_weight_decay``), as the official code does.
+        val_mask_seed: seed of the validation masks.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 4,
+        embed_dim: int = 128,
+        depths: list[int] | tuple[int, ...] = (2, 2, 18, 2),
+        num_heads: list[int] | tuple[int, ...] = (4, 8, 16, 32),
+        window_size: int = 7,
+        drop_path_rate: float = 0.0,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 1,
+        decoder_num_heads: int = 16,
+        norm_pix_loss: bool = True,
+        mask_ratio: float = 0.75,
+        per_sample_mask: bool = False,
+        official_decoder_order: bool = True,
+        group_size_rule: GroupSizeRule = "min_feasible",
+        fused_attn: bool = True,
+        betas: tuple[float, float] = (0.9, 0.95),
+        optim: OptimConfig | None = None,
+        val_mask_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optim"])
+        self.optim = optim or OptimConfig(opt="adamw", lr=1.5e-4, weight_decay=0.05, sched="cosine")
+        self.hparams["optim"] = asdict(self.optim)
+        self.model = GreenMIM(
+            img_size=img_size,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depths=depths,
+            num_heads=num_heads,
+            window_size=window_size,
+            drop_path_rate=drop_path_rate,
+            decoder_embed_dim=decoder_embed_dim,
+            decoder_depth=decoder_depth,
+            decoder_num_heads=decoder_num_heads,
+            norm_pix_loss=norm_pix_loss,
+            mask_ratio=mask_ratio,
+            per_sample_mask=per_sample_mask,
+            official_decoder_order=official_decoder_order,
+            group_size_rule=group_size_rule,
+            fused_attn=fused_attn,
+        )
+        self.betas = tuple(betas)
+        self.val_mask_seed = val_mask_seed
+        self.val_loss = MeanMetric()
+
+    def forward(self, images: torch.Tensor):
+        """:class:`~tenfold.mim.greenmim.GreenMIMOutput` of (B, 3, H, W) normalised images with a random mask."""
+        return self.model(images)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:  # noqa: D102
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        loss = self.model(images).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0], sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:  # noqa: D102
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        gen = torch.Generator().manual_seed(self.val_mask_seed * 1_000_003 + batch_idx)
+        unit_mask = self.model.random_mask(images.shape[0], generator=gen, device=images.device)
+        loss = self.model(images, unit_mask).loss
+        self.val_loss.update(loss, weight=images.shape[0])
+        self.log("val/loss", self.val_loss, prog_bar=True, batch_size=images.shape[0])
+
+    def configure_optimizers(self) -> Any:  # noqa: D102
+        out = configure_optimizers(self, self.model, self.optim)
+        optimizer = out["optimizer"] if isinstance(out, dict) else out
+        if self.optim.opt.lower() in ("adamw", "adam"):
+            for group in optimizer.param_groups:
+                group["betas"] = self.betas
+        return out
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:  # noqa: D102
+        timm_scheduler_step(self, scheduler)

@@ -1,0 +1,279 @@
+"""GreenMIM against the official code's stored outputs, checkpoint loading, and equality with timm's dense Swin."""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from tenfold.mim.convert import (
+    checkpoint_filter_fn,
+    encoder_state_dict,
+    load_official,
+    swap_merge_channel_order,
+    to_timm_swin,
+)
+from tenfold.mim.greenmim import GreenMIM, GreenSwin, mask_from_noise, masked_pixel_loss, patchify, unpatchify
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "greenmim"
+REFS = torch.load(FIXTURES / "official_outputs.pt", weights_only=True)
+CASES = json.loads((FIXTURES / "official_meta.json").read_text())["cases"]
+
+
+def seeded(key: str, shape) -> torch.Tensor:
+    """The key-seeded weight rule of the fixtures (README.md): a function of the key name and shape only."""
+    g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+    z = torch.randn(tuple(shape), generator=g)
+    if key.endswith("relative_position_bias_table"):
+        return 0.5 * z
+    if len(shape) == 1:
+        return 1 + 0.1 * z if ("norm" in key and key.endswith(".weight")) else 0.02 * z
+    if key == "mask_token":
+        return 0.02 * z
+    return z / math.sqrt(math.prod(shape[1:]))
+
+
+def _model(cfg: dict, ratio: float, **kw) -> GreenMIM:
+    return GreenMIM(
+        img_size=cfg["img_size"],
+        embed_dim=cfg["embed_dim"],
+        depths=cfg["depths"],
+        num_heads=cfg["num_heads"],
+        window_size=cfg["window_size"],
+        decoder_embed_dim=cfg["dec_dim"],
+        decoder_num_heads=cfg["dec_heads"],
+        mask_ratio=ratio,
+        **kw,
+    ).eval()
+
+
+def _official_checkpoint(model: GreenMIM) -> dict:
+    """An official-format file: MAE's save_model dict, seeded weights, the recomputed buffers included."""
+    state = {k: (v if k == "decoder_pos_embed" else seeded(k, v.shape)) for k, v in model.state_dict().items()}
+    for i, layer in enumerate(model.encoder.layers):
+        ws2 = layer.window_size**2
+        for j in range(len(layer.blocks)):
+            state[f"encoder.layers.{i}.blocks.{j}.attn.relative_position_index"] = torch.zeros(
+                ws2, ws2, dtype=torch.long
+            )
+    return {"model": state, "epoch": 199, "args": None}
+
+
+def _inputs(meta: dict, num_units: int):
+    g = torch.Generator().manual_seed(meta["image_seed"])
+    size = meta["config"]["img_size"]
+    imgs = torch.randn(meta["batch"], 3, size, size, generator=g)
+    noise = torch.rand(1, num_units, generator=torch.Generator().manual_seed(meta["noise_seed"]))
+    return imgs, mask_from_noise(noise, meta["ratio"], meta["batch"])
+
+
+@pytest.mark.parametrize("tag", [t for t in CASES if "/swin/" in t])
+def test_encoder_prediction_loss_equal_official(tag, one_thread):
+    meta = CASES[tag]
+    model = _model(meta["config"], meta["ratio"])
+    load_official(_official_checkpoint(model), model)
+    imgs, um = _inputs(meta, model.num_units)
+    assert torch.equal(um.mask[:1], REFS[f"{tag}/mask"])
+    with torch.no_grad():
+        out = model(imgs, um)
+        latent = model.encoder(imgs, um.mask)
+    torch.testing.assert_close(latent, REFS[f"{tag}/latent"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.pred, REFS[f"{tag}/pred"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.loss.reshape(1), REFS[f"{tag}/loss"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("tag", [t for t in CASES if "/rowfirst/" in t])
+def test_released_channel_order_reproduces_pre_b981012_code(tag, one_thread):
+    meta = CASES[tag]
+    model = _model(meta["config"], meta["ratio"])
+    ckpt = _official_checkpoint(model)
+    imgs, um = _inputs(meta, model.num_units)
+    load_official(ckpt, model, released_channel_order=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encoder(imgs, um.mask), REFS[f"{tag}/latent"], atol=1e-5, rtol=0)
+        load_official(ckpt, model, released_channel_order=False)  # without the swap the function differs
+        assert (model.encoder(imgs, um.mask) - REFS[f"{tag}/latent"]).abs().max() > 1e-2
+
+
+def test_swap_is_an_involution_on_blocks_1_and_2():
+    state = {
+        "layers.0.downsample.norm.weight": torch.arange(8.0),
+        "layers.0.downsample.reduction.weight": torch.arange(16.0).view(2, 8),
+    }
+    swapped = swap_merge_channel_order(state)
+    assert swapped["layers.0.downsample.norm.weight"].tolist() == [0, 1, 4, 5, 2, 3, 6, 7]
+    assert swapped["layers.0.downsample.reduction.weight"][1].tolist() == [8, 9, 12, 13, 10, 11, 14, 15]
+    again = swap_merge_channel_order(swapped)
+    assert all(torch.equal(again[k], v) for k, v in state.items())
+
+
+def test_checkpoint_filter_and_strict_errors(tmp_path):
+    cfg = CASES["tiny_w3/swin/101"]["config"]
+    model = _model(cfg, 0.75)
+    ckpt = _official_checkpoint(model)
+    path = tmp_path / "checkpoint-199.pth"
+    torch.save(ckpt, path)
+    enc = GreenSwin(img_size=96, embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=3)
+    load_official(path, enc)  # the encoder alone from a pre-training file
+    assert torch.equal(enc.norm.weight, ckpt["model"]["encoder.norm.weight"])
+    filtered = checkpoint_filter_fn(ckpt)
+    assert not any("relative_position_index" in k for k in filtered)
+    bad = dict(ckpt["model"])
+    bad.pop("decoder_pred.bias")
+    with pytest.raises(ValueError, match="decoder_pred.bias"):
+        load_official(bad, model)
+    with pytest.raises(FileNotFoundError):
+        load_official(tmp_path / "missing.pth", model)
+
+
+@pytest.mark.parametrize("img, window, depths", [(96, 3, (2, 2, 2, 1)), (224, 7, (2, 2, 2, 2))])
+def test_all_visible_encoder_equals_timm_swin(img, window, depths, one_thread):
+    torch.manual_seed(0)
+    enc = GreenSwin(img_size=img, embed_dim=16, depths=depths, num_heads=(1, 2, 4, 8), window_size=window).eval()
+    for name, p in enc.named_parameters():
+        p.data.copy_(seeded(name, p.shape))
+    timm_swin = to_timm_swin(enc).eval()
+    x = torch.randn(2, 3, img, img)
+    with torch.no_grad():
+        ours = enc(x)
+        ref = timm_swin.forward_features(x)
+    torch.testing.assert_close(ours, ref.flatten(1, 2), atol=1e-5, rtol=0)
+    # and the same weights through timm's own loader from a Microsoft-layout file
+    assert set(encoder_state_dict(enc)) == set(enc.state_dict())
+
+
+def test_masked_pixels_do_not_change_the_visible_encoding():
+    """The encoder sees visible units only: replacing the pixels of masked units changes nothing."""
+    torch.manual_seed(1)
+    enc = GreenSwin(img_size=96, embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=3).eval()
+    um = mask_from_noise(torch.rand(1, 9), 0.6, 2)
+    x = torch.randn(2, 3, 96, 96)
+    pix = um.mask[0].view(3, 3).repeat_interleave(32, 0).repeat_interleave(32, 1).bool()
+    y = x.clone()
+    y[:, :, pix] = torch.randn_like(y[:, :, pix])
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x, um.mask), enc(y, um.mask))
+        assert (enc(x) - enc(y)).abs().max() > 1e-3  # the dense model does see them
+
+
+def test_decoder_orders_agree_only_when_noise_order_is_raster_order():
+    torch.manual_seed(2)
+    official = GreenMIM(
+        img_size=96,
+        embed_dim=16,
+        depths=(2, 2, 2, 1),
+        num_heads=(1, 2, 4, 8),
+        window_size=3,
+        decoder_embed_dim=32,
+        decoder_num_heads=4,
+        mask_ratio=0.6,
+    ).eval()
+    fixed = GreenMIM(
+        img_size=96,
+        embed_dim=16,
+        depths=(2, 2, 2, 1),
+        num_heads=(1, 2, 4, 8),
+        window_size=3,
+        decoder_embed_dim=32,
+        decoder_num_heads=4,
+        mask_ratio=0.6,
+        official_decoder_order=False,
+    ).eval()
+    fixed.load_state_dict(official.state_dict())
+    latent = torch.randn(2, 3, 128)
+    raster = mask_from_noise(torch.tensor([[0.1, 0.9, 0.2, 0.8, 0.7, 0.3, 0.6, 0.5, 0.95]]), 0.6, 2)  # kept 0, 2, 5
+    shuffled = mask_from_noise(torch.tensor([[0.3, 0.9, 0.2, 0.8, 0.7, 0.1, 0.6, 0.5, 0.95]]), 0.6, 2)  # 5, 2, 0
+    assert torch.equal(raster.mask, shuffled.mask)
+    with torch.no_grad():
+        torch.testing.assert_close(official.forward_decoder(latent, raster), fixed.forward_decoder(latent, raster))
+        torch.testing.assert_close(fixed.forward_decoder(latent, raster), fixed.forward_decoder(latent, shuffled))
+        assert (official.forward_decoder(latent, shuffled) - fixed.forward_decoder(latent, shuffled)).abs().max() > 1e-3
+
+
+def test_masked_pixel_loss_formula_and_errors():
+    torch.manual_seed(3)
+    imgs = torch.randn(2, 3, 8, 8)
+    pred = torch.randn(2, 4, 48)
+    mask = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]])
+    t = patchify(imgs, 4)
+    assert torch.equal(unpatchify(t, 4), imgs)
+    assert torch.equal(t[0, 1, :3], imgs[0, :, 0, 4])  # (p, q, c) layout: first pixel of the unit at column 4
+    norm = (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6).sqrt()
+    expected = (((pred - norm) ** 2).mean(-1) * mask).sum() / 3
+    torch.testing.assert_close(masked_pixel_loss(pred, imgs, mask, 4), expected)
+    raw = (((pred - t) ** 2).mean(-1) * mask).sum() / 3
+    torch.testing.assert_close(masked_pixel_loss(pred, imgs, mask, 4, norm_pix=False), raw)
+    with pytest.raises(ValueError, match="removes no unit"):
+        masked_pixel_loss(pred, imgs, torch.zeros(2, 4), 4)
+    with pytest.raises(ValueError, match="do not agree"):
+        masked_pixel_loss(pred[:, :3], imgs, mask, 4)
+
+
+def test_per_sample_masks_equal_one_image_at_a_time():
+    torch.manual_seed(4)
+    model = GreenMIM(
+        img_size=96,
+        embed_dim=16,
+        depths=(2, 2, 2, 1),
+        num_heads=(1, 2, 4, 8),
+        window_size=3,
+        decoder_embed_dim=32,
+        decoder_num_heads=4,
+        per_sample_mask=True,
+    ).eval()
+    imgs = torch.randn(3, 3, 96, 96)
+    um = model.random_mask(3, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(um.mask[0], um.mask[1])
+    with torch.no_grad():
+        joint = model.encoder(imgs, um.mask)
+        for b in range(3):
+            single = model.encoder(imgs[b : b + 1], um.mask[b : b + 1])
+            torch.testing.assert_close(joint[b : b + 1], single, atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_rejects_bad_sizes_and_masks():
+    with pytest.raises(ValueError, match="multiple of the mask unit"):
+        GreenSwin(img_size=100, embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=3)
+    enc = GreenSwin(img_size=96, embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=3)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        enc(torch.randn(1, 3, 96, 96), torch.zeros(1, 16))
+    with pytest.raises(ValueError, match="nothing would be masked"):
+        GreenMIM(
+            img_size=96,
+            embed_dim=16,
+            depths=(2, 2, 2, 1),
+            num_heads=(1, 2, 4, 8),
+            window_size=3,
+            decoder_embed_dim=32,
+            decoder_num_heads=4,
+            mask_ratio=0.0,
+        )
+
+
+def test_parameter_counts_match_the_spec():
+    """Spec section 4: Swin-B/w7 pre-training model 92,022,968 parameters (encoder 86,743,224; decoder part
+    5,279,744 with the fixed position embedding, which we hold as a buffer: 25,088 values)."""
+    model = GreenMIM()
+    enc = sum(p.numel() for p in model.encoder.parameters())
+    total = sum(p.numel() for p in model.parameters()) + model.decoder_pos_embed.numel()
+    assert enc == 86_743_224
+    assert total == 92_022_968
+
+
+def test_group_size_rule_and_attention_kernel_do_not_change_the_encoder(one_thread):
+    """The searched group size packs differently and the explicit softmax is another kernel: same function."""
+    meta = CASES["swinb_struct_w7/swin/201"]
+    outs = []
+    for kw in ({}, {"group_size_rule": "search"}, {"fused_attn": False}):
+        model = _model(meta["config"], meta["ratio"], **kw)
+        load_official(_official_checkpoint(model), model)
+        imgs, um = _inputs(meta, model.num_units)
+        with torch.no_grad():
+            outs.append(model.encoder(imgs, um.mask))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(outs[2], outs[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(outs[1], REFS["swinb_struct_w7/swin/201/latent"], atol=1e-5, rtol=0)
