@@ -11,12 +11,22 @@ import importlib
 import math
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DemoContext", "DemoResult", "list_demos", "markdown_table", "plot_curves", "register_demo", "run_demos"]
+__all__ = [
+    "DemoContext",
+    "DemoResult",
+    "list_demos",
+    "markdown_table",
+    "plot_curves",
+    "register_demo",
+    "run_demos",
+    "torch_threads",
+]
 
 #: Modules whose import registers demos; a family adds its module here when it lands.
 DEMO_MODULES = (
@@ -106,6 +116,23 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block on ``n`` torch threads and restore the previous count (also on error).
+
+    Small models train faster on one thread, and far faster on a shared 2-core machine, where OpenMP workers spin
+    against other processes.
+    """
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def plot_curves(

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from tenfold.mim.greenmim import GreenMIM, GreenSwin
+from tenfold.utils.checkpoint import load_checkpoint, load_state_dict_strict
 
 __all__ = [
     "checkpoint_filter_fn",
@@ -103,32 +104,14 @@ def load_official(
         FileNotFoundError: the file does not exist.
         ValueError: keys or shapes do not fit.
     """
+    origin = str(source) if isinstance(source, (str, Path)) else "(in memory)"
     if isinstance(source, (str, Path)):
-        if not Path(source).is_file():
-            raise FileNotFoundError(f"checkpoint {str(source)!r} does not exist")
-        source = torch.load(source, map_location="cpu", weights_only=True)
+        source = load_checkpoint(source)  # weights_only; clear errors for missing, corrupt or unsafe files
     state = checkpoint_filter_fn(source, model)
     if released_channel_order:
         state = swap_merge_channel_order(state)
-    _load_strict(model, state)
+    load_state_dict_strict(model, dict(state), source=origin)
     return model
-
-
-def _load_strict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [
-        f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"checkpoint does not fit {type(model).__name__}: missing {missing[:8]}, unexpected {unexpected[:8]}, "
-            f"wrong shapes (file vs model) {wrong[:8]}"
-        )
-    model.load_state_dict(state, strict=True)
 
 
 def encoder_state_dict(source: nn.Module | Mapping[str, Any]) -> dict[str, Tensor]:

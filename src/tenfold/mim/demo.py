@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tenfold.engine.demo import DemoContext, DemoResult, register_demo
+from tenfold.engine.demo import DemoContext, DemoResult, register_demo, torch_threads
 
 #: The tiny model: 96-px images, 4-px patches, three stages (mask unit 16 px, 6x6 units, 9 kept at ratio 0.75),
 #: window 3, so stages 1-2 (144 and 36 visible tokens) run in grouping mode and stage 3 in masking mode.
@@ -107,16 +107,10 @@ def reconstruction_figure(tasks: dict[str, Any], data: Any, path: Path, num_imag
 @register_demo("greenmim", budget_s=60.0, title="GreenMIM: tiny Swin pre-training on visible patches only")
 def greenmim_demo(ctx: DemoContext) -> DemoResult:
     """Pre-train the tiny GreenMIM on smooth built-in images (official and fixed decoder order) and on the scenes."""
-    import torch
-
-    threads = torch.get_num_threads()
     # the tiny model gains nothing from more threads, and on a loaded 2-core machine OpenMP workers spinning
     # against other processes made steps up to 15x slower
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _run(ctx)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(ctx: DemoContext) -> DemoResult:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from tenfold.engine.demo import DemoContext, DemoResult, register_demo
+from tenfold.engine.demo import DemoContext, DemoResult, register_demo, torch_threads
 
 #: Training data, batches and optimiser of the demo (short chunks: many updates in little time).
 TRAIN = {"train_size": 64, "val_size": 4, "test_size": 8, "seconds": 1.5, "snr_db": (-5.0, 10.0), "chunk_seconds": 0.5,
@@ -73,12 +73,8 @@ def _plot(waves: dict[str, torch.Tensor], path: Path) -> None:
 def taylorsenet_demo(ctx: DemoContext) -> DemoResult:
     """Train Q=0 and Q=3 small TaylorSENets briefly; score noisy / Q=0 / Q=3 on held-out built-in speech."""
     # one torch thread: these small convolutions run faster so, above all on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _run(ctx)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(ctx: DemoContext) -> DemoResult:

@@ -692,7 +692,7 @@ def load_taylorsenet(path: str | Path, **kwargs: Any) -> TaylorSENet:
         FileNotFoundError: no such file.
         ValueError: the weights do not fit the architecture (missing/unexpected keys or wrong shapes listed).
     """
-    from tenfold.utils.checkpoint import load_checkpoint
+    from tenfold.utils.checkpoint import load_checkpoint, load_state_dict_strict
 
     checkpoint = load_checkpoint(path)
     arch = dict(PAPER_CONFIG)
@@ -700,19 +700,5 @@ def load_taylorsenet(path: str | Path, **kwargs: Any) -> TaylorSENet:
         arch.update(checkpoint["hyper_parameters"].get("model_kwargs") or {})
     arch.update(kwargs)
     model = TaylorSENet(**arch)
-    state = checkpoint_filter_fn(checkpoint, model)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [
-        f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"weights {str(path)!r} do not fit TaylorSENet({arch}): missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}, wrong shapes (file vs model) {wrong[:5]}"
-        )
-    model.load_state_dict(state, strict=True)
+    load_state_dict_strict(model, checkpoint_filter_fn(checkpoint, model), source=str(path))
     return model.eval()
