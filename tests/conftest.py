@@ -33,6 +33,20 @@ FAST = [
 ]  # fmt: skip
 
 
+def shared_path(relative: str) -> Path:
+    """A file or folder of the project's shared data (``../shared``: specs' key lists, NAS benchmark tables).
+
+    Looked up in ``$TENFOLD_SHARED``, then ``<repo>/../shared``, then ``/work/shared`` (CI runs a clean clone in a
+    temporary folder, beside which there is no ``shared``). Fails the test, naming where it looked, when absent.
+    """
+    roots = [Path(os.environ["TENFOLD_SHARED"])] if os.environ.get("TENFOLD_SHARED") else []
+    roots += [REPO.parent / "shared", Path("/work/shared")]
+    for root in roots:
+        if (root / relative).exists():
+            return root / relative
+    pytest.fail(f"shared data {relative!r} not found under {[str(r) for r in roots]}; set TENFOLD_SHARED")
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Run a module's tests on one torch thread: tiny CPU kernels are faster so, above all on a loaded machine."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +22,8 @@ import torch
 
 import tenfold.models  # noqa: F401  (registers lightvit_* with timm)
 from tenfold.models.lightvit import LightViT, LightViTBackbone, load_lightvit_checkpoint, official_flops
+
+from conftest import shared_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,19 +76,6 @@ def seeded_input(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def shared_dir() -> Path:
-    """``$TENFOLD_SHARED``, else ``<repo>/../shared``, else ``/work/shared``: the first that holds the key lists."""
-    candidates = [Path(os.environ["TENFOLD_SHARED"])] if os.environ.get("TENFOLD_SHARED") else []
-    candidates += [REPO.parent / "shared", Path("/work/shared")]
-    for cand in candidates:
-        if (cand / "specs" / "keys" / "lightvit_checkpoint_keys.json").is_file():
-            return cand
-    pytest.fail(
-        "official LightViT key lists not found: looked for specs/keys/lightvit_checkpoint_keys.json under "
-        f"{[str(c) for c in candidates]}; set TENFOLD_SHARED to the shared data folder"
-    )
-
-
 def load_fixture(name: str) -> dict:
     path = FIXTURES / name
     if not path.is_file():
@@ -108,7 +96,7 @@ def seeded_model(name: str, rule: str, **kwargs) -> LightViT:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_keys_order_shapes_and_dtypes_equal_the_official_lists(name):
-    official = json.loads((shared_dir() / "specs" / "keys" / "lightvit_checkpoint_keys.json").read_text())[name]
+    official = json.loads(shared_path("specs/keys/lightvit_checkpoint_keys.json").read_text())[name]
     model = timm.create_model(name, pretrained=False)
     ours = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
     assert [k for k, _, _ in ours] == [k for k, _, _ in official]  # names and order

@@ -27,9 +27,11 @@ from tenfold.speech.taylorsenet import (
     load_taylorsenet,
 )
 
+from conftest import shared_path
+
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "taylorsenet" / "official_outputs.pt"
-KEYS = REPO.parent / "shared" / "specs" / "keys" / "taylorsenet_paper_config_keys.json"
+KEYS = "specs/keys/taylorsenet_paper_config_keys.json"  # under the shared data folder (conftest.shared_path)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,7 +72,7 @@ def _close(actual, expected, tol=1e-4):
 
 def test_paper_config_has_the_official_names_shapes_and_count():
     model = TaylorSENet()
-    official = json.loads(KEYS.read_text())
+    official = json.loads(shared_path(KEYS).read_text())
     state = model.state_dict()
     assert list(state) == official["state_dict_keys"]
     shapes = official["state_dict_shapes"]
