@@ -58,3 +58,13 @@ def test_interpolation_and_random_erasing_mode_reach_timm_transforms(tmp_path):
     default = repr(ClassificationData(dataset="imagefolder", root=str(tmp_path), augment="timm", re_prob=0.1)
                    ._image_transform("train"))  # fmt: skip
     assert "interpolation=bilinear" in default and "mode=const" in default
+
+
+def test_crop_scale_and_color_jitter_reach_timm_transforms(tmp_path):
+    _tree(tmp_path)
+    data = ClassificationData(dataset="imagefolder", root=str(tmp_path), image_size=32, augment="timm",
+                              crop_scale=(0.2, 1.0), color_jitter=0.0)  # fmt: skip
+    train = repr(data._image_transform("train"))
+    assert "scale=(0.2, 1.0)" in train and "ColorJitter" not in train and "RandomHorizontalFlip" in train
+    with pytest.raises(ValueError, match="crop_scale"):
+        ClassificationData(dataset="imagefolder", root=str(tmp_path), crop_scale=(0.5, 0.2))

@@ -128,6 +128,18 @@ def test_recipes_build_their_models():
     assert task.model.num_units == 36
 
 
+def test_pretraining_recipe_parses_with_the_official_augmentation(capsys):
+    from tenfold.cli import main
+
+    config = REPO / "configs" / "mim" / "greenmim_swin_base.yaml"
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(config), "--data.init_args.root", "/data/imagenet", "--print_config"])
+    assert done.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    data = printed["data"]["init_args"]
+    assert list(data["crop_scale"]) == [0.2, 1.0] and data["color_jitter"] == 0.0 and data["interpolation"] == "bicubic"
+
+
 def test_tiny_recipe_runs_through_the_cli(tmp_path):
     import json
 

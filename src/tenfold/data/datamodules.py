@@ -71,6 +71,10 @@ class ClassificationData(pl.LightningDataModule):
             ``pixel`` (per-pixel normal noise, the DeiT/LightViT recipes).
         interpolation: resize interpolation of the ``timm`` transforms (train and eval): ``bilinear`` or
             ``bicubic`` (the LightViT/DeiT recipes).
+        crop_scale: area range of the ``timm`` RandomResizedCrop (timm's default (0.08, 1); MAE-style pre-training
+            uses (0.2, 1)).
+        color_jitter: colour-jitter strength of the ``timm`` train transform when no ``auto_augment`` is set (timm's
+            default 0.4; 0 for none, e.g. GreenMIM/MAE pre-training: crop and flip only).
         data_seed: seed of the built-in generators (which task is generated).
         shuffle_seed: seed of the per-epoch training order and augmentation.
 
@@ -96,6 +100,8 @@ class ClassificationData(pl.LightningDataModule):
         re_prob: float = 0.0,
         re_mode: Literal["const", "rand", "pixel"] = "const",
         interpolation: Literal["bilinear", "bicubic"] = "bilinear",
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        color_jitter: float = 0.4,
         data_seed: int = 0,
         shuffle_seed: int = 0,
     ) -> None:
@@ -108,6 +114,8 @@ class ClassificationData(pl.LightningDataModule):
             raise ValueError(f"augment='timm' applies to full-size images (dataset 'imagefolder'), not {dataset!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not (len(crop_scale) == 2 and 0 < crop_scale[0] <= crop_scale[1] <= 1):
+            raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {crop_scale}")
         # num_classes is recorded only where it is known now: for an ImageFolder it is read from disk in setup(),
         # and a placeholder would clash with the model's value when Lightning merges the two into the logs
         self.save_hyperparameters(ignore=["num_classes"])
@@ -184,6 +192,8 @@ class ClassificationData(pl.LightningDataModule):
             re_prob=hp.re_prob if is_training else 0.0,
             re_mode=hp.re_mode,
             interpolation=hp.interpolation,
+            scale=tuple(hp.crop_scale),
+            color_jitter=hp.color_jitter if hp.color_jitter > 0 else None,
             mean=(0.0, 0.0, 0.0),
             std=(1.0, 1.0, 1.0),
             crop_pct=0.875,
