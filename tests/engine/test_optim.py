@@ -59,3 +59,20 @@ def test_weight_decay_groups():
         _module(), model, OptimConfig(sched="none", weight_decay=5e-4, filter_bias_and_bn=False)
     )
     assert [g["weight_decay"] for g in everything.param_groups] == [5e-4]
+
+
+def test_layer_decay_and_betas_reach_the_optimizer():
+    import timm
+
+    from tenfold.engine.optim import OptimConfig, configure_optimizers
+
+    model = timm.create_model("swin_tiny_patch4_window7_224", num_classes=10)
+    cfg = OptimConfig(opt="adamw", lr=1e-3, weight_decay=0.05, sched="none", layer_decay=0.9, opt_betas=(0.9, 0.95))
+    opt = configure_optimizers(None, model, cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    lr_of = {names[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lr_of["head.fc.weight"] == pytest.approx(1e-3)
+    assert lr_of["patch_embed.proj.weight"] < lr_of["layers.2.blocks.0.attn.qkv.weight"] < lr_of["head.fc.weight"]
+    layers = len({g["lr_scale"] for g in opt.param_groups})
+    assert lr_of["patch_embed.proj.weight"] == pytest.approx(1e-3 * 0.9 ** (layers - 1))
+    assert all(g["betas"] == (0.9, 0.95) for g in opt.param_groups)

@@ -30,6 +30,10 @@ class OptimConfig:
         momentum: momentum of SGD-type optimisers.
         weight_decay: weight decay.
         opt_eps: epsilon of adaptive optimisers (timm's default when None; the DIST strategy-B RMSpropTF uses 1e-3).
+        opt_betas: betas of Adam-type optimisers (timm's default when None; MAE/GreenMIM pre-training uses
+            (0.9, 0.95)).
+        layer_decay: layer-wise learning-rate decay (BEiT/SimMIM fine-tuning): the lr of a layer at depth d of L is
+            ``lr * layer_decay ** (L - d)``, layers from the model's timm ``group_matcher``; None for none.
         filter_bias_and_bn: exclude biases and 1-D parameters (norm weights) from weight decay.
         sched: timm scheduler name (``cosine``, ``step``, ``multistep``, ``poly``...) or ``none`` (constant lr).
         decay_epochs: period of ``step`` decay, in epochs.
@@ -45,6 +49,8 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     opt_eps: float | None = None
+    opt_betas: tuple[float, float] | None = None
+    layer_decay: float | None = None
     filter_bias_and_bn: bool = True
     sched: str = "cosine"
     decay_epochs: float = 30.0
@@ -76,9 +82,13 @@ def configure_optimizers(
         weight_decay=cfg.weight_decay,
         momentum=cfg.momentum,
         filter_bias_and_bn=cfg.filter_bias_and_bn,
+        layer_decay=cfg.layer_decay,
         **({"eps": cfg.opt_eps} if cfg.opt_eps is not None else {}),
+        **({"betas": tuple(cfg.opt_betas)} if cfg.opt_betas is not None else {}),
     )
     if cfg.sched == "none":
+        for group in optimizer.param_groups:  # timm's schedulers apply lr_scale (layer decay); without one, do it here
+            group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
         return optimizer
     updates_per_epoch, num_epochs = _schedule_length(module.trainer)
     scheduler, _ = create_scheduler_v2(
