@@ -160,3 +160,14 @@ def test_tiny_recipe_runs_through_the_cli(tmp_path):
     metrics = json.loads(next(tmp_path.rglob("metrics.json")).read_text())
     assert metrics["_global_step"] == 10
     assert 0 < metrics["val/loss"] < 2.0
+
+
+def test_finetune_recipe_parses_with_layer_decay(capsys):
+    from tenfold.cli import main
+
+    config = REPO / "configs" / "mim" / "greenmim_swin_base_finetune.yaml"
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(config), "--data.init_args.root", "/data/imagenet", "--print_config"])
+    assert done.value.code in (0, None)
+    optim = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["optim"]
+    assert optim["layer_decay"] == 0.9 and optim["opt"] == "adamw"
