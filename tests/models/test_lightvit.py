@@ -341,3 +341,14 @@ def test_onnx_export_gives_the_same_logits(tmp_path):
         (out,) = session.run(None, {"images": inp.numpy()})
         with torch.no_grad():
             torch.testing.assert_close(torch.from_numpy(out), model(inp), rtol=1e-4, atol=1e-4)
+
+
+def test_drop_rate_acts_in_the_ffn_only_as_officially():
+    torch.manual_seed(0)
+    model = LightViT(**SMALL, window_size=2, neck_dim=24, num_classes=5, drop_rate=0.5).train()
+    dropouts = {n for n, m in model.named_modules() if isinstance(m, nn.Dropout)}
+    assert dropouts and all(".mlp.drop" in n for n in dropouts)  # none after attn.proj, none before the head
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x))

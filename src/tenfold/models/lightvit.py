@@ -193,7 +193,8 @@ class LightViTAttention(nn.Module):
         window_size: ws.
         qkv_bias: bias on ``qkv`` and ``kv_global``.
         attn_drop: dropout on attention weights.
-        proj_drop: dropout after ``proj``.
+        proj_drop: kept for the official signature; the official forward never applies it (nor do we), so
+            ``drop_rate`` acts in the FFN only.
         pad: zero-pad the image grid to multiples of ws (the detection backbone); otherwise a grid that is not
             a multiple of ws raises ``ValueError`` (the classification model).
     """
@@ -222,7 +223,7 @@ class LightViTAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.kv_global = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
+        self.proj_drop = proj_drop  # unused, as officially (see the docstring)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window_size))
         trunc_normal_(self.relative_position_bias_table, std=0.02)
@@ -291,7 +292,7 @@ class LightViTAttention(nn.Module):
             order = order[order > 0] - 1  # row-major index of each kept token, in window order
             x_img = x_img.transpose(1, 2).reshape(B, H * W, C)
             x_img = torch.empty_like(x_img).index_copy_(1, order, x_img)
-        return self.proj_drop(self.proj(torch.cat([x_glb, x_img], dim=1)))
+        return self.proj(torch.cat([x_glb, x_img], dim=1))
 
 
 class Block(nn.Module):
@@ -486,7 +487,8 @@ class LightViT(_LightViTBody):
         window_size: local attention window.
         neck_dim: width of the per-token neck before pooling.
         qkv_bias: bias on ``qkv`` / ``kv_global``.
-        drop_rate: dropout in FFN/attention output and before the head.
+        drop_rate: dropout in the FFN (after the activation and after the gate), as officially: not after the
+            attention projection and not before the head.
         attn_drop_rate: attention dropout.
         drop_path_rate: stochastic depth, linear from 0 to this over all blocks.
         global_pool: ``"avg"`` (mean over all tokens, global tokens included: the official pooling) or ``""``.
@@ -523,7 +525,6 @@ class LightViT(_LightViTBody):
         self.neck = nn.Sequential(nn.Linear(embed_dims[-1], neck_dim), nn.LayerNorm(neck_dim), nn.GELU())
         self.num_features = embed_dims[-1]  # timm: channels of forward_features
         self.head_hidden_size = neck_dim  # timm: width of the pooled pre-logits
-        self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(neck_dim, num_classes) if num_classes > 0 else nn.Identity()
         scale = 8
         self.feature_info = []
@@ -567,7 +568,6 @@ class LightViT(_LightViTBody):
         x = self.neck(x)
         if self.global_pool == "avg":
             x = x.mean(1)
-        x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
