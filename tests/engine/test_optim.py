@@ -76,3 +76,18 @@ def test_layer_decay_and_betas_reach_the_optimizer():
     layers = len({g["lr_scale"] for g in opt.param_groups})
     assert lr_of["patch_embed.proj.weight"] == pytest.approx(1e-3 * 0.9 ** (layers - 1))
     assert all(g["betas"] == (0.9, 0.95) for g in opt.param_groups)
+
+
+def test_warmup_prefix_gives_the_mae_half_cycle_cosine():
+    import math
+
+    model = torch.nn.Linear(3, 2)
+    module = _module(num_batches=1, max_epochs=800)
+    cfg = OptimConfig(opt="adamw", lr=1.0, sched="cosine", warmup_epochs=40, warmup_lr=0.0, min_lr=0.0,
+                      warmup_prefix=True)  # fmt: skip
+    sched = configure_optimizers(module, model, cfg)["lr_scheduler"]["scheduler"]
+    group = sched.optimizer.param_groups[0]
+    for epoch in (20, 40, 400, 700, 799):
+        sched.step_update(num_updates=epoch)
+        mae = epoch / 40 if epoch < 40 else 0.5 * (1 + math.cos(math.pi * (epoch - 40) / 760))  # MAE's lr_sched
+        assert group["lr"] == pytest.approx(mae, abs=1e-6), epoch

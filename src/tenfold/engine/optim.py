@@ -41,6 +41,9 @@ class OptimConfig:
         decay_rate: multiplicative factor of step decays.
         warmup_epochs: linear warm-up length in epochs (may be fractional through ``warmup_steps``).
         warmup_lr: learning rate at the start of warm-up.
+        warmup_prefix: run the decay over the epochs after the warm-up (MAE/GreenMIM: a half-cycle cosine over
+            ``epochs - warmup_epochs``); False (timm's default) lays the decay over all epochs and lets the warm-up
+            override its start.
         min_lr: floor of the schedule.
     """
 
@@ -58,6 +61,7 @@ class OptimConfig:
     decay_rate: float = 0.1
     warmup_epochs: int = 0
     warmup_lr: float = 1e-5
+    warmup_prefix: bool = False
     min_lr: float = 0.0
 
 
@@ -91,6 +95,8 @@ def configure_optimizers(
             group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
         return optimizer
     updates_per_epoch, num_epochs = _schedule_length(module.trainer)
+    if cfg.warmup_prefix:  # timm then counts num_epochs after the warm-up; the run's total stays the trainer's
+        num_epochs = max(num_epochs - cfg.warmup_epochs, 1e-6)
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=cfg.sched,
@@ -100,6 +106,7 @@ def configure_optimizers(
         decay_rate=cfg.decay_rate,
         warmup_epochs=cfg.warmup_epochs,
         warmup_lr=cfg.warmup_lr,
+        warmup_prefix=cfg.warmup_prefix,
         min_lr=cfg.min_lr,
         step_on_epochs=False,
         updates_per_epoch=updates_per_epoch,

@@ -7,6 +7,7 @@ Every file tenfold writes goes through :func:`atomic_write`, so a crash never le
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import tempfile
@@ -54,7 +55,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """Load a torch or safetensors checkpoint safely.
 
     Only tensors and plain values (dicts, lists, tuples, numbers, strings) are accepted: ``.pt``/``.ckpt``/``.pth``
-    files are read with ``torch.load(weights_only=True)`` and ``.safetensors`` with safetensors.
+    files are read with ``torch.load(weights_only=True)`` and ``.safetensors`` with safetensors. ``argparse.Namespace``
+    is allowed too (its values must themselves be plain): the training scripts of MAE, GreenMIM, DeiT and timm save
+    their command-line ``args`` beside the weights.
 
     Args:
         path: file to read.
@@ -81,7 +84,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         except (SafetensorError, OSError) as err:
             raise ValueError(f"checkpoint {str(path)!r} is not a valid safetensors file: {err}") from err
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         # weights_only refuses any global it does not know: the file holds a pickled Python object.
         raise ValueError(
