@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
 from tenfold.nas.ginas import GINAS, parse_answer
-from tenfold.nas.llm import ChatError, OpenAIChat, ReplayChat, Transcript
-from tenfold.nas.spaces import load_space
+from tenfold.nas.llm import ChatBackend, ChatError, ChatReply, OpenAIChat, ReplayChat, Transcript
+from tenfold.nas.spaces import Evaluation, SearchSpace, load_space
 
 SECRET = "sk-test-5ecret-DO-NOT-LEAK-4242"
 
@@ -165,12 +166,12 @@ def test_resume_refuses_another_space(scripted_run, tables):
         GINAS(space, ReplayChat(path), budget=5, transcript=path, resume=True)
 
 
-def test_failed_round_and_official_repeats(tables, chat_server):
+def test_failed_round_and_official_repeats(tables, chat_server, tmp_path):
     space = load_space("nas-bench-macro", tables)
     script = [{"reply": "no idea"}, {"reply": "[9]"}, {"reply": str(A1)}, {"reply": str(A1)}]
     with chat_server(script) as server:
         chat = OpenAIChat("m", base_url=server.base_url, timeout=2, retries=0)
-        result = GINAS(space, chat, budget=2, max_corrections=1, dedupe=False).run()
+        result = GINAS(space, chat, budget=2, max_corrections=1, dedupe=False, transcript=tmp_path / "t.jsonl").run()
     assert result.stats["failed_rounds"] == 1 and result.stats["rounds"] == 3
     # official behaviour: the repeat is evaluated again, spends budget and is listed twice
     assert [r.answer for r in result.records] == [A1, A1]
@@ -226,3 +227,78 @@ def test_parse_prefers_an_unseen_proposal(tables):
     assert parse_answer(reply, space) == tuple(A5)
     assert parse_answer(reply, space, seen={_key(A5)}) == tuple(A1)
     assert parse_answer(reply, space, seen={_key(A5), _key(A1)}) == tuple(A5)  # all seen: the first, a repeat
+
+
+class Scripted(ChatBackend):
+    """Replies from a list, in process (a stand-in for a model); counts the calls."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.calls = 0
+
+    def complete(self, messages, on_error=None):
+        self.calls += 1
+        return ChatReply(self.replies.pop(0))
+
+
+class Counting(SearchSpace):
+    """4 positions in {0, 1, 2}, score = 90 + sum; counts evaluations (an expensive evaluator, e.g. training)."""
+
+    name = "counting"
+    choices = ((0, 1, 2),) * 4
+
+    def __init__(self):
+        self.calls = []
+
+    def evaluate(self, answer):
+        self.calls.append(self.key(answer))
+        return Evaluation(acc=90.0 + sum(answer), report_acc=90.0 + sum(answer))
+
+
+def _cut_after(path, kind, n, to):
+    """Copy the transcript ``path`` to ``to`` up to and including its ``n``-th record of type ``kind``."""
+    lines = path.read_text().splitlines(keepends=True)
+    where = [i for i, ln in enumerate(lines) if json.loads(ln)["type"] == kind][n - 1]
+    to.write_text("".join(lines[: where + 1]))
+    return to
+
+
+def test_resume_reuses_recorded_evaluations(tmp_path):
+    replies = ["[0, 1, 2, 0]", "[2, 2, 1, 0]", "[0, 1, 2, 0]", "[1, 1, 1, 1]"]  # the third is a repeat
+    full = GINAS(Counting(), Scripted(replies), budget=3, transcript=tmp_path / "full.jsonl").run()
+    assert [r.key for r in full.records] == ["0120", "2210", "1111"]
+    # crashed after the second evaluation: nothing recorded is scored again, only round 3 is new
+    crashed = _cut_after(tmp_path / "full.jsonl", "evaluation", 2, tmp_path / "a.jsonl")
+    space, chat = Counting(), Scripted(replies[2:])
+    resumed = GINAS(space, chat, budget=3, transcript=crashed, resume=True).run()
+    assert space.calls == ["1111"] and chat.calls == 2
+    assert resumed.to_dict()["records"] == full.to_dict()["records"]
+    assert [r["type"] for r in Transcript.read(crashed)].count("evaluation") == 3
+    # crashed after round 2's reply but before its score was recorded: that one is scored, and only it
+    crashed = _cut_after(tmp_path / "full.jsonl", "exchange", 2, tmp_path / "b.jsonl")
+    space, chat = Counting(), Scripted(replies[2:])
+    resumed = GINAS(space, chat, budget=3, transcript=crashed, resume=True).run()
+    assert space.calls == ["2210", "1111"] and chat.calls == 2
+    assert resumed.to_dict()["records"] == full.to_dict()["records"]
+
+
+def test_transcript_none_warns_and_limits(tmp_path):
+    with pytest.warns(UserWarning, match=r"transcript=None\) records nothing"):
+        GINAS(Counting(), Scripted([]), budget=1)
+    GINAS(Counting(), Scripted(["[0, 0, 0, 1]"]), budget=1, transcript=tmp_path / "t.jsonl").run()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a replay's run is on disk already: no warning
+        GINAS(Counting(), ReplayChat(tmp_path / "t.jsonl"), budget=1).run()
+        with pytest.raises(ValueError, match="max_rounds must be >= 1"):
+            GINAS(Counting(), Scripted([]), budget=1, max_rounds=0, transcript=tmp_path / "u.jsonl")
+
+
+def test_parse_collects_every_kind_and_reports_an_invalid_proposal(tables):
+    space = load_space("nas-bench-macro", tables)
+    # a stray bracketed number no longer hides the comma-separated answer
+    assert parse_answer("ops: 0, 2, 0, 1, 2, 1, 0, 0 (93)", space) == (0, 2, 0, 1, 2, 1, 0, 0)
+    # a quoted, already measured result followed by a malformed proposal: the proposal's problem is reported
+    with pytest.raises(ValueError, match="position 3 is 3"):
+        parse_answer(f"{A1} gave 93.05%, so try [1, 2, 3, 0, 1, 2, 1, 0]", space, seen={_key(A1)})
+    # numbers in prose after a repeat are not proposals: still a repeat
+    assert parse_answer(f"{A1} gave 93.05%", space, seen={_key(A1)}) == tuple(A1)

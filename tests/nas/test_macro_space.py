@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pytest
@@ -70,17 +71,31 @@ def _tiny_space(tmp_path):
 
 
 def test_ginas_on_a_real_training_space(tmp_path):
-    space = _tiny_space(tmp_path)
+    space = _tiny_space(tmp_path / "runs")
     assert space.size == 9 and "layer3: 8 -> 8 channels, stride 1" in space.task_prompt
-    result = GINAS(space, Scripted(["[1, 2]", "[0, 0]", "[1, 2]", "[2, 0]"]), budget=3).run()
+    transcript = tmp_path / "ginas.jsonl"
+    result = GINAS(space, Scripted(["[1, 2]", "[0, 0]", "[1, 2]", "[2, 0]"]), budget=3, transcript=transcript).run()
     assert [r.answer for r in result.records] == [[1, 2], [0, 0], [2, 0]]
     assert result.stats["repeats"] == 1
     for record in result.records:
         assert 0.0 <= record.acc <= 100.0 and record.rank is None and record.info["steps"] == 4
     params = {r.key: r.info["params"] for r in result.records}
     assert params["00"] < params["20"]
-    # the same training seed scores the same architecture the same
-    assert space.evaluate([1, 2]).acc == result.records[0].acc
+    assert [r.info["run_dir"] for r in result.records] == [str(tmp_path / "runs" / d) for d in ("000-12", "001-00",
+                                                                                                 "002-20")]  # fmt: skip
+    # the same training seed scores the same architecture the same; an existing run folder is never reused
+    (tmp_path / "runs" / "003-12").mkdir()
+    (tmp_path / "runs" / "003-12" / "keep.txt").write_text("user file")
+    again = space.evaluate([1, 2])
+    assert again.acc == result.records[0].acc and again.info["run_dir"] == str(tmp_path / "runs" / "003-12-2")
+    assert os.listdir(tmp_path / "runs" / "003-12") == ["keep.txt"]
+    assert (tmp_path / "runs" / "003-12-2" / "metrics.csv").is_file()
+    # resuming with a larger budget trains only the new proposal: the recorded scores are reused, not retrained
+    fresh = _tiny_space(tmp_path / "runs")
+    resumed = GINAS(fresh, Scripted(["[2, 2]"]), budget=4, transcript=transcript, resume=True).run()
+    assert fresh.runs == 1 and [r.key for r in resumed.records] == ["12", "00", "20", "22"]
+    assert resumed.records[3].info["run_dir"] == str(tmp_path / "runs" / "000-22")
+    assert [r.acc for r in resumed.records[:3]] == [r.acc for r in result.records]
 
 
 def test_demo_with_and_without_an_endpoint(tmp_path, chat_server, monkeypatch):

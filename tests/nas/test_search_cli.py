@@ -164,3 +164,74 @@ def test_transcript_never_overwrites_and_redacts(tmp_path):
         Transcript(path)
     with pytest.raises(FileNotFoundError):
         Transcript(tmp_path / "missing.jsonl", resume=True)
+
+
+def _ginas_args(tables, out, base_url, *extra):
+    return ["--space", "channel-bench-resnet", "--table", str(tables), "--out", str(out), "--base-url", base_url,
+            "--model", "fake", "--timeout", "2", "--backoff", "0", *extra]  # fmt: skip
+
+
+def test_a_failed_trial_is_reported_not_fatal(tables, chat_server, tmp_path, monkeypatch, capsys):
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setenv("TENFOLD_LLM_TEMPERATURE", "0.7")  # the default of --temperature, as in chat_from_env
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to read its legend
+    out = tmp_path / "run"
+    # trial 0: two rounds (2 x budget) without a valid answer; trial 1: a valid answer at once
+    script = [{"reply": "no idea"}, {"reply": "still [1, 2]"}, {"reply": "[64, 64, 64, 128, 128, 128, 128]"}]
+    with chat_server(script) as server:
+        code = search_main(_ginas_args(tables, out, server.base_url, "--optimizer", "ginas,random", "--budget", "1",
+                                       "--trials", "2", "--max-corrections", "0", "--retries", "0"))  # fmt: skip
+        assert len(server.requests) == 3 and server.requests[0]["body"]["temperature"] == 0.7
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "ginas trial 0: FAILED" in printed
+    with open(tables / "channel_bench_macro_resnet_cifar10.json") as f:
+        table = json.load(f)
+    data = json.loads((out / "results.json").read_text())
+    ginas, rnd = data["summary"]
+    assert (ginas["trials"], ginas["failed_trials"]) == (2, 1) and (rnd["trials"], rnd["failed_trials"]) == (2, 0)
+    assert ginas["acc_mean"] == table["1111111"]["mean"] and ginas["acc_std"] == 0.0
+    assert [t["evaluations"] for t in data["results"]["ginas"]] == [0, 1]
+    summary = (out / "summary.md").read_text()
+    assert "| optimizer | trials | budget | failed trials |" in summary and "ginas: 1 of 2" in summary
+    assert (out / "best_so_far.png").read_bytes()[:4] == b"\x89PNG"
+    labels = [t.get_text() for t in figures[-1].axes[0].get_legend().get_texts()]
+    assert labels == ["ginas (1 trials, 1 failed)", "random (2 trials)"]
+
+
+def test_endpoint_failure_keeps_finished_trials_and_resumes(tables, chat_server, tmp_path, capsys):
+    out = tmp_path / "run"
+    script = [{"reply": "[64, 64, 64, 128, 128, 128, 128]"}] + [{"status": 503}] * 2
+    with chat_server(script) as server:
+        code = search_main(_ginas_args(tables, out, server.base_url, "--optimizer", "ginas", "--budget", "1",
+                                       "--trials", "2", "--retries", "1"))  # fmt: skip
+        assert len(server.requests) == 3
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "chat endpoint failed in ginas trial 1" in err and "HTTP 503" in err and server.base_url in err
+    assert "--resume" in err
+    data = json.loads((out / "results.json").read_text())
+    assert [[r["key"] for r in t["records"]] for t in data["results"]["ginas"]] == [["1111111"]]
+    # the rerun with --resume replays trial 0 from its transcript and asks the endpoint for trial 1 only
+    with chat_server([{"reply": "[128, 64, 64, 128, 128, 128, 128]"}]) as server:
+        code = search_main(_ginas_args(tables, out, server.base_url, "--optimizer", "ginas", "--budget", "1",
+                                       "--trials", "2", "--retries", "0", "--resume"))  # fmt: skip
+        assert len(server.requests) == 1
+    assert code == 0
+    data = json.loads((out / "results.json").read_text())
+    assert [[r["key"] for r in t["records"]] for t in data["results"]["ginas"]] == [["1111111"], ["2111111"]]
+
+
+def test_rank_mode_option(tables, chat_server, tmp_path):
+    for mode, rank in (("official", 33), ("competition", 32)):
+        out = tmp_path / mode
+        # the paper's best Channel-ResNet architecture, 4343424: official rank 33, competition rank 32
+        with chat_server([{"reply": "[256, 192, 256, 384, 512, 256, 512]"}]) as server:
+            search_main(_ginas_args(tables, out, server.base_url, "--optimizer", "ginas", "--budget", "1",
+                                    "--retries", "0", "--rank-mode", mode))  # fmt: skip
+        data = json.loads((out / "results.json").read_text())
+        assert data["results"]["ginas"][0]["records"][0]["key"] == "4343424"
+        assert data["summary"][0]["best_rank"] == rank and data["space"]["rank_mode"] == mode

@@ -9,13 +9,16 @@ Example::
 
 Writes ``results.json`` (every trial, its records and curve, the summary rows), ``summary.md`` and
 ``best_so_far.png`` into ``--out`` (default ``runs/search-<time>``), and, for GINAS, one transcript per trial under
-``transcripts/``.
+``transcripts/``. A GINAS trial that never got a valid answer is reported as failed (``failed_trials``) and left out
+of the statistics. When the chat endpoint fails for good (:class:`~tenfold.nas.llm.ChatError`), the finished trials
+are written, a one-line error says to rerun with ``--resume``, and the exit code is 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,8 +29,8 @@ OPTIMIZERS = ("ginas", "random", "evolution", "local")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from tenfold.nas.llm import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL
-    from tenfold.nas.spaces import SPACES
+    from tenfold.nas.llm import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, ENV_TEMPERATURE, ENV_TIMEOUT
+    from tenfold.nas.spaces import RANK_MODES, SPACES
 
     p = argparse.ArgumentParser(
         prog="tenfold search",
@@ -43,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of trial 0 (trial i uses seed + i)")
     p.add_argument("--out", help="output folder (must not exist unless --resume; default runs/search-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the GINAS transcripts in --out")
+    p.add_argument("--rank-mode", choices=list(RANK_MODES), default="official",
+                   help="official: the GENIUS scripts' ranks (ties in numpy argsort order); competition: tied "
+                   "entries share a rank (default official)")  # fmt: skip
     g = p.add_argument_group("GINAS chat backend")
     g.add_argument("--backend", choices=["openai", "replay", "console"], default="openai",
                    help="openai: any OpenAI-compatible endpoint; replay: a recorded run; console: a human")  # fmt: skip
@@ -51,8 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=os.environ.get(ENV_MODEL), help=f"served model name (default ${ENV_MODEL})")
     g.add_argument("--api-key-env", default=ENV_API_KEY,
                    help=f"variable holding the key (default {ENV_API_KEY}); never written anywhere")  # fmt: skip
-    g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (paper: 0)")
-    g.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    # string defaults go through type=float, so a malformed variable fails like a malformed option
+    g.add_argument("--temperature", type=float, default=os.environ.get(ENV_TEMPERATURE) or "0",
+                   help=f"sampling temperature (paper: 0; default ${ENV_TEMPERATURE}, else 0)")  # fmt: skip
+    g.add_argument("--timeout", type=float, default=os.environ.get(ENV_TIMEOUT) or "120",
+                   help=f"seconds per request (default ${ENV_TIMEOUT}, else 120)")  # fmt: skip
     g.add_argument("--retries", type=int, default=3, help="retries of a timed-out or failed request")
     g.add_argument("--backoff", type=float, default=2.0, help="first retry wait in seconds (doubles each retry)")
     g.add_argument("--max-corrections", type=int, default=3, help="follow-ups after an invalid or repeated answer")
@@ -87,6 +96,10 @@ def _chat(args: argparse.Namespace, trial: int) -> Any:
 def plot_curves(curves: dict[str, list[list[dict[str, Any]]]], path: Path, title: str = "") -> None:
     """Mean best-so-far reported accuracy and rank against iterations, one line per optimiser (the paper's figures).
 
+    Trials with an empty curve (nothing evaluated) are left out and counted in the legend ("2 trials, 1 failed");
+    an optimiser whose every trial failed still gets a legend entry saying so. A trial that stopped before the
+    longest one keeps its last best-so-far value (nothing else was evaluated).
+
     Args:
         curves: optimiser name -> one :meth:`~tenfold.nas.result.SearchResult.curve` per trial.
         path: the PNG to write (atomically).
@@ -101,29 +114,37 @@ def plot_curves(curves: dict[str, list[list[dict[str, Any]]]], path: Path, title
     from tenfold.utils.checkpoint import atomic_write
 
     fig, (ax_acc, ax_rank) = plt.subplots(1, 2, figsize=(10, 4))
+    has_ranks = False
     for name, trials in curves.items():
-        length = min(len(c) for c in trials)
-        if length == 0:
+        done = [c for c in trials if c]
+        failed = len(trials) - len(done)
+        if not done:
+            ax_acc.plot([], [], linestyle="none", marker="x", label=f"{name} (all {failed} trials failed)")
             continue
+        length = max(len(c) for c in done)
+        padded = [c + [c[-1]] * (length - len(c)) for c in done]
         steps = np.arange(1, length + 1)
-        acc = np.array([[p["report_acc"] for p in c[:length]] for c in trials])
-        ax_acc.plot(steps, acc.mean(0), marker="o", label=f"{name} ({len(trials)} trials)")
-        if len(trials) > 1:
+        acc = np.array([[p["report_acc"] for p in c] for c in padded])
+        label = f"{name} ({len(done)} trials" + (f", {failed} failed)" if failed else ")")
+        ax_acc.plot(steps, acc.mean(0), marker="o", label=label)
+        if len(done) > 1:
             ax_acc.fill_between(steps, acc.mean(0) - acc.std(0), acc.mean(0) + acc.std(0), alpha=0.15)
-        if all(p["rank"] is not None for c in trials for p in c[:length]):
-            rank = np.array([[p["rank"] for p in c[:length]] for c in trials], dtype=float)
+        if all(p["rank"] is not None for c in padded for p in c):
+            has_ranks = True
+            rank = np.array([[p["rank"] for p in c] for c in padded], dtype=float)
             ax_rank.plot(steps, np.median(rank, 0), marker="o", label=name)
     ax_acc.set_xlabel("iteration (architectures evaluated)")
     ax_acc.set_ylabel("best-so-far accuracy (%), mean over trials")
     ax_rank.set_xlabel("iteration (architectures evaluated)")
     ax_rank.set_ylabel("best-so-far rank, median over trials")
-    ax_rank.set_yscale("log")
-    ax_rank.invert_yaxis()
+    if has_ranks:
+        ax_rank.set_yscale("log")
+        ax_rank.invert_yaxis()
     for ax in (ax_acc, ax_rank):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    if not ax_rank.lines:  # real training has no ranks
+    if not has_ranks:  # real training has no ranks
         ax_rank.set_visible(False)
     if title:
         fig.suptitle(title)
@@ -134,11 +155,20 @@ def plot_curves(curves: dict[str, list[list[dict[str, Any]]]], path: Path, title
 
 
 def table_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The printed table: optimiser, trials, accuracy mean ± std, rank mean ± std and median."""
+    """The printed table: optimiser, trials, accuracy mean ± std, rank mean ± std and median.
+
+    A ``failed trials`` column appears when some trial evaluated nothing; such trials are not in the statistics.
+    """
+    show_failed = any(s.get("failed_trials") for s in summaries)
     rows = []
     for s in summaries:
-        row = {"optimizer": s["optimizer"], "trials": s["trials"], "budget": s["budget"],
-               "best acc (%)": f"{s['acc_mean']:.2f} ± {s['acc_std']:.2f}"}  # fmt: skip
+        row = {"optimizer": s["optimizer"], "trials": s["trials"], "budget": s["budget"]}
+        if show_failed:
+            row["failed trials"] = s.get("failed_trials", 0)
+        if s["acc_mean"] is None:
+            row["best acc (%)"] = "none: every trial failed"
+        else:
+            row["best acc (%)"] = f"{s['acc_mean']:.2f} ± {s['acc_std']:.2f}"
         if "rank_mean" in s:
             row["rank"] = f"{s['rank_mean']:.0f} ± {s['rank_std']:.0f}"
             row["median rank"] = f"{s['rank_median']:g}"
@@ -147,57 +177,25 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def search_main(argv: list[str]) -> int:
-    """Run ``tenfold search`` with ``argv`` (the arguments after ``search``); returns the exit code."""
+def _write_outputs(out: Path, space: Any, args: argparse.Namespace, trials: dict[str, list[Any]]) -> None:
+    """Print the table and write ``summary.md``, ``results.json`` and ``best_so_far.png`` for ``trials``."""
     from tenfold.engine.demo import markdown_table
-    from tenfold.nas.baselines import BASELINES
-    from tenfold.nas.ginas import GINAS
     from tenfold.nas.result import summarize, write_json
-    from tenfold.nas.spaces import load_space
     from tenfold.utils.checkpoint import atomic_write
 
-    args = _parser().parse_args(argv)
-    optimizers = [o.strip() for o in args.optimizer.split(",") if o.strip()]
-    unknown = [o for o in optimizers if o not in OPTIMIZERS]
-    if unknown or not optimizers:
-        raise ValueError(f"unknown optimizer(s) {unknown or args.optimizer!r}; expected some of {list(OPTIMIZERS)}")
-    if args.budget < 1 or args.trials < 1:
-        raise ValueError(f"--budget and --trials must be >= 1, got {args.budget} and {args.trials}")
-    space = load_space(args.space, args.table)
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
-    if out.exists() and not args.resume:
-        raise FileExistsError(f"output folder {str(out)!r} exists; choose another --out, or pass --resume")
-    if args.resume and not out.is_dir():
-        raise FileNotFoundError(f"--resume: output folder {str(out)!r} does not exist")
-    out.mkdir(parents=True, exist_ok=True)
-
-    trials: dict[str, list[Any]] = {}
-    for name in optimizers:
-        trials[name] = []
-        for t in range(args.trials):
-            if name == "ginas":
-                transcript = out / "transcripts" / f"trial-{t:03d}.jsonl"
-                resume = args.resume and transcript.exists()
-                ginas = GINAS(space, _chat(args, t), budget=args.budget, max_corrections=args.max_corrections,
-                              dedupe=not args.no_dedupe, transcript=transcript, resume=resume)  # fmt: skip
-                result = ginas.run()
-            else:
-                result = BASELINES[name](space, args.budget, args.seed + t)
-            trials[name].append(result)
-            if name == "ginas":
-                if result.records:
-                    best = result.best()
-                    print(f"ginas trial {t}: {len(result.records)} evaluations, best {best.report_acc:.2f}% "
-                          f"(rank {best.rank}); {result.stats}")  # fmt: skip
-                else:
-                    print(f"ginas trial {t}: no architecture evaluated; {result.stats}")
-    summaries = [summarize(results) for results in trials.values() if any(r.records for r in results)]
+    summaries = [summarize(results) for results in trials.values() if results]
     rows = table_rows(summaries)
     optimum = space.best()[1] if hasattr(space, "best") else None
     header = f"{space.name}: budget {args.budget}, {args.trials} trial(s)"
     if optimum is not None:
         header += f"; best in the table {optimum.report_acc:.2f}% (rank 1 of {space.size})"
+    failed = [f"{s['optimizer']}: {s['failed_trials']} of {s['trials']}" for s in summaries if s["failed_trials"]]
     text = f"{header}\n\n{markdown_table(rows)}"
+    if failed:
+        text += (
+            f"\nFailed trials (no valid answer, left out of the statistics): {'; '.join(failed)}. See their "
+            "transcripts.\n"
+        )
     print(text)
     with atomic_write(out / "summary.md") as tmp:
         tmp.write_text(text)
@@ -208,4 +206,71 @@ def search_main(argv: list[str]) -> int:
     )  # fmt: skip
     plot_curves({k: [r.curve() for r in v] for k, v in trials.items()}, out / "best_so_far.png", header)
     print(f"results: {out / 'results.json'}  plot: {out / 'best_so_far.png'}")
+
+
+def search_main(argv: list[str]) -> int:
+    """Run ``tenfold search`` with ``argv`` (the arguments after ``search``); returns the exit code.
+
+    Returns:
+        0, or 2 when the chat endpoint failed for good (the finished trials are written; rerun with ``--resume``).
+    """
+    from tenfold.nas.baselines import BASELINES
+    from tenfold.nas.ginas import GINAS
+    from tenfold.nas.llm import ChatError
+    from tenfold.nas.spaces import load_space
+
+    args = _parser().parse_args(argv)
+    optimizers = [o.strip() for o in args.optimizer.split(",") if o.strip()]
+    unknown = [o for o in optimizers if o not in OPTIMIZERS]
+    if unknown or not optimizers:
+        raise ValueError(f"unknown optimizer(s) {unknown or args.optimizer!r}; expected some of {list(OPTIMIZERS)}")
+    if args.budget < 1 or args.trials < 1:
+        raise ValueError(f"--budget and --trials must be >= 1, got {args.budget} and {args.trials}")
+    space = load_space(args.space, args.table, rank_mode=args.rank_mode)
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
+    if out.exists() and not args.resume:
+        raise FileExistsError(f"output folder {str(out)!r} exists; choose another --out, or pass --resume")
+    if args.resume and not out.is_dir():
+        raise FileNotFoundError(f"--resume: output folder {str(out)!r} does not exist")
+    out.mkdir(parents=True, exist_ok=True)
+
+    trials: dict[str, list[Any]] = {}
+    failure = None
+    for name in optimizers:
+        trials[name] = []
+        for t in range(args.trials):
+            if name == "ginas":
+                transcript = out / "transcripts" / f"trial-{t:03d}.jsonl"
+                resume = args.resume and transcript.exists()
+                try:
+                    ginas = GINAS(space, _chat(args, t), budget=args.budget, max_corrections=args.max_corrections,
+                                  dedupe=not args.no_dedupe, transcript=transcript, resume=resume)  # fmt: skip
+                    result = ginas.run()
+                except ChatError as err:
+                    failure = (t, " ".join(str(err).split()))  # one line, whatever the server's error body holds
+                    break
+            else:
+                result = BASELINES[name](space, args.budget, args.seed + t)
+            trials[name].append(result)
+            if name == "ginas":
+                if result.records:
+                    best = result.best()
+                    print(f"ginas trial {t}: {len(result.records)} evaluations, best {best.report_acc:.2f}% "
+                          f"(rank {best.rank}); {result.stats}")  # fmt: skip
+                else:
+                    print(f"ginas trial {t}: FAILED, no valid answer in {result.stats['rounds']} rounds; "
+                          f"{result.stats}; see {out / 'transcripts' / f'trial-{t:03d}.jsonl'}")  # fmt: skip
+        if failure is not None:
+            break
+    trials = {k: v for k, v in trials.items() if v}
+    if trials:
+        _write_outputs(out, space, args, trials)
+    if failure is not None:
+        t, message = failure
+        finished = sum(len(v) for v in trials.values())
+        where = f"written to {out}" if finished else "none written"
+        print(f"tenfold search: the chat endpoint failed in ginas trial {t}: {message}. Finished trials: "
+              f"{finished} ({where}). Fix the endpoint, then rerun the same command with --resume to continue "
+              "from the transcripts.", file=sys.stderr)  # fmt: skip
+        return 2
     return 0

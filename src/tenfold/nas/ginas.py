@@ -17,8 +17,9 @@ What the official code lacks and this loop adds:
   architecture (a follow-up like a correction). ``dedupe=False`` restores the official behaviour (a repeat is
   evaluated again, spends budget and is listed twice).
 * Every exchange, evaluation and rejection is appended to a transcript as it happens; a run resumes from its
-  transcript (the recorded replies are replayed, the live model is asked only from where the run stopped), and
-  :class:`~tenfold.nas.llm.ReplayChat` reproduces a run exactly from it.
+  transcript (the recorded replies are replayed and the recorded evaluations reused, so no architecture is scored
+  twice; the live model is asked only from where the run stopped), and :class:`~tenfold.nas.llm.ReplayChat`
+  reproduces a run exactly from it. ``GINAS(transcript=None)`` records nothing and warns so.
 
 Fidelity notes:
 
@@ -35,12 +36,14 @@ from __future__ import annotations
 import os
 import re
 import time
+import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tenfold.nas.llm import ChatBackend, ChatReply, Message, Transcript
+from tenfold.nas.llm import ChatBackend, ChatReply, Message, ReplayChat, Transcript
 from tenfold.nas.result import SearchRecord, SearchResult
 from tenfold.nas.spaces import Answer, SearchSpace, round_half_up
 
@@ -51,28 +54,44 @@ _INT_RUN = re.compile(r"-?\d+(?:\s*[,;]\s*-?\d+)+")
 _INTEGER = re.compile(r"^-?\d+$")
 
 
-def _candidates(reply: str) -> list[list[int]]:
-    """Integer lists in ``reply``: bracketed ones (``[..]``/``(..)``), else comma-separated runs, else digit strings."""
-    found = []
+def _candidates(reply: str) -> list[tuple[int, bool, list[int]]]:
+    """Integer lists in ``reply`` as ``(position, explicit, values)``, every kind, in order of preference.
+
+    Bracketed lists (``[..]``/``(..)``) come first, then comma-separated runs outside them, then digit strings
+    (``02012100``) outside both; ``explicit`` is False for digit strings only (a number in prose, such as the
+    ``93`` of ``93.05%``, is one too). Each kind is in reply order.
+    """
+    found: list[tuple[int, bool, list[int]]] = []
+    taken: list[tuple[int, int]] = []
+
+    def free(span: tuple[int, int]) -> bool:
+        return all(span[1] <= a or span[0] >= b for a, b in taken)
+
     for match in _BRACKETED.finditer(reply):
         parts = [p.strip() for p in re.split(r"[,;\s]+", match.group(1).strip()) if p.strip()]
         if parts and all(_INTEGER.match(p) for p in parts):
-            found.append([int(p) for p in parts])
-    if not found:
-        found = [[int(p) for p in re.split(r"\s*[,;]\s*", m.group(0))] for m in _INT_RUN.finditer(reply)]
-    if not found:
-        found = [[int(c) for c in m.group(0)] for m in re.finditer(r"(?<!\d)\d{2,}(?!\d)", reply)]
+            found.append((match.start(), True, [int(p) for p in parts]))
+            taken.append(match.span())
+    for match in _INT_RUN.finditer(reply):
+        if free(match.span()):
+            found.append((match.start(), True, [int(p) for p in re.split(r"\s*[,;]\s*", match.group(0))]))
+            taken.append(match.span())
+    for match in re.finditer(r"(?<!\d)\d{2,}(?!\d)", reply):
+        if free(match.span()):
+            found.append((match.start(), False, [int(c) for c in match.group(0)]))
     return found
 
 
 def parse_answer(reply: str, space: SearchSpace, seen: Iterable[str] = ()) -> Answer:
     """Find the proposed architecture anywhere in a chat reply and validate it.
 
-    Every list of integers in the reply is a candidate (``[1, 2, 0]`` or ``(1, 2, 0)``, in prose or code fences;
-    failing that, a comma-separated run ``1, 2, 0``; failing that, a digit string ``120`` for spaces with
-    single-digit values). The first candidate that is a valid answer and not in ``seen`` wins, so a reply that
-    quotes an earlier result next to its proposal is read right; if every valid candidate is in ``seen``, the
-    first of them is returned (a repeat, handled by the caller).
+    Every list of integers in the reply is a candidate: bracketed ``[1, 2, 0]`` or ``(1, 2, 0)`` (in prose or code
+    fences), then comma-separated runs ``1, 2, 0``, then digit strings ``120`` (for spaces with single-digit
+    values). All kinds are collected, so a stray ``(93)`` does not hide a valid run. The first candidate, in that
+    order, that is a valid answer and not in ``seen`` wins, so a reply that quotes an earlier result next to its
+    proposal is read right. If every valid candidate is in ``seen``: when an invalid bracketed or comma-separated
+    list follows the first of them in the reply (a quoted result, then a malformed proposal), the invalid list is
+    reported; otherwise the first valid candidate is returned (a repeat, handled by the caller).
 
     Args:
         reply: the model's text.
@@ -83,22 +102,30 @@ def parse_answer(reply: str, space: SearchSpace, seen: Iterable[str] = ()) -> An
         The answer, canonical (e.g. channel indices turned into channel numbers).
 
     Raises:
-        ValueError: no valid list; the message says what was wrong, in words meant for the model.
+        ValueError: no valid list, or only seen ones followed by an invalid list; the message says what was wrong,
+            in words meant for the model.
     """
     seen = set(seen)
     candidates = _candidates(reply)
     if not candidates:
         raise ValueError(f"your reply contains no list of numbers; I need a list of {space.length} numbers")
-    valid, problems = [], []
-    for values in candidates:
+    valid: list[tuple[int, Answer]] = []
+    problems: list[tuple[int, bool, str]] = []
+    for position, explicit, values in candidates:
         try:
-            valid.append(space.validate(values))
+            valid.append((position, space.validate(values)))
         except ValueError as err:
-            problems.append(f"{space.format_answer(values)}: {err}")
-    if not valid:
-        raise ValueError("the list in your reply is not a valid answer: " + " | ".join(problems[:3]))
-    fresh = [a for a in valid if space.key(a) not in seen]
-    return (fresh or valid)[0]
+            problems.append((position, explicit, f"{space.format_answer(values)}: {err}"))
+    fresh = [a for _, a in valid if space.key(a) not in seen]
+    if fresh:
+        return fresh[0]
+    if valid:
+        first_seen = min(position for position, _ in valid)
+        problems = [p for p in problems if p[1] and p[0] > first_seen]
+        if not problems:
+            return valid[0][1]
+    problems.sort(key=lambda p: not p[1])  # explicit lists first: digit strings are often numbers in prose
+    raise ValueError("the list in your reply is not a valid answer: " + " | ".join(p[2] for p in problems[:3]))
 
 
 def history_prompt(space: SearchSpace, history: Sequence[tuple[Sequence[int], float]]) -> str:
@@ -134,15 +161,18 @@ class GINAS:
         dedupe: answer repeated proposals from the history instead of evaluating them again (False: the official
             behaviour).
         max_rounds: rounds allowed in all (a round ends with an evaluation or fails); default ``2 * budget``.
-        transcript: JSON-lines file recording the run as it happens (None: no file). It must not exist unless
-            ``resume`` is set.
-        resume: continue the run recorded in ``transcript``: its recorded replies are replayed, then ``chat`` is
-            asked from where the run stopped.
+        transcript: JSON-lines file recording the run as it happens. It must not exist unless ``resume`` is set.
+            None records nothing (the run can then be neither replayed nor resumed) and warns, except with a
+            :class:`~tenfold.nas.llm.ReplayChat`, whose run is already on disk; ``tenfold search`` always writes
+            one per trial.
+        resume: continue the run recorded in ``transcript``: its recorded replies are replayed and its recorded
+            evaluations reused (never scored again: with real training that would retrain every network), then
+            ``chat`` is asked from where the run stopped.
         stop: checked before each round after the first evaluation; True ends the run early (a time limit).
 
     Raises:
-        ValueError: a budget or limits below their minimum, ``resume`` without a transcript, or a transcript of
-            another space.
+        ValueError: a budget or limits below their minimum (``budget``, ``max_rounds`` >= 1; ``max_corrections``
+            >= 0), ``resume`` without a transcript, or a transcript of another space.
     """
 
     def __init__(
@@ -160,8 +190,17 @@ class GINAS:
     ) -> None:
         if budget < 1 or max_corrections < 0:
             raise ValueError(f"budget must be >= 1 and max_corrections >= 0, got {budget}, {max_corrections}")
+        if max_rounds is not None and max_rounds < 1:
+            raise ValueError(f"max_rounds must be >= 1 (or None for 2 * budget), got {max_rounds}")
         if resume and transcript is None:
             raise ValueError("resume needs the transcript of the run to continue")
+        if transcript is None and not isinstance(chat, ReplayChat):
+            warnings.warn(
+                "GINAS(transcript=None) records nothing: no exchange or evaluation is written, so this run can be "
+                "neither replayed nor resumed; pass transcript=PATH (a new .jsonl file) to record it",
+                UserWarning,
+                stacklevel=2,
+            )
         self.space = space
         self.chat = chat
         self.budget = budget
@@ -173,9 +212,16 @@ class GINAS:
             Transcript(Path(transcript), resume=resume, secrets=chat.secrets()) if transcript is not None else None
         )
         self._recorded: list[dict[str, Any]] = []
+        # resuming: the recorded scores by key, in order (with dedupe=False a key may have been scored twice)
+        self._scored: dict[str, deque[SearchRecord]] = {}
         if self.transcript is not None and resume:
             self._check_resumable(self.transcript.existing)
             self._recorded = Transcript.exchanges(self.transcript.existing)
+            for r in self.transcript.existing:
+                if r.get("type") == "evaluation":
+                    record = SearchRecord(list(r["answer"]), r["key"], r["acc"], r["report_acc"], r.get("rank"),
+                                          dict(r.get("info") or {}))  # fmt: skip
+                    self._scored.setdefault(record.key, deque()).append(record)
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -198,6 +244,13 @@ class GINAS:
                     f"transcript {str(self.transcript.path)!r} was recorded with {key}={meta.get(key)!r}, "
                     f"this run has {key}={self._meta()[key]!r}"
                 )
+
+    def _score(self, answer: Answer) -> SearchRecord:
+        """The record of ``answer``: the transcript's, when resuming a run that scored it, else a new evaluation."""
+        recorded = self._scored.get(self.space.key(answer))
+        if recorded:
+            return recorded.popleft()
+        return SearchRecord.of(self.space, answer, self.space.evaluate(answer))
 
     def _write(self, record: dict[str, Any]) -> None:
         if self.transcript is not None:
@@ -242,7 +295,8 @@ class GINAS:
         """
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
         if self.transcript is not None and self.transcript.existing:
-            self._write({"type": "resume", "time": now, "budget": self.budget})
+            recorded = sum(len(v) for v in self._scored.values())
+            self._write({"type": "resume", "time": now, "budget": self.budget, "recorded_evaluations": recorded})
         else:
             self._write({**self._meta(), "time": now})
         result = SearchResult("ginas", self.space.name, self.budget, None)
@@ -266,11 +320,10 @@ class GINAS:
                 else:
                     key = self.space.key(answer)
                     if not (self.dedupe and key in scores):
-                        evaluation = self.space.evaluate(answer)
-                        record = SearchRecord.of(self.space, answer, evaluation)
+                        record = self._score(answer)
                         result.records.append(record)
                         scores[key] = record
-                        history.append((answer, evaluation.acc))
+                        history.append((answer, record.acc))
                         self._write({"type": "evaluation", "round": round_, "index": len(result.records),
                                      **asdict(record)})  # fmt: skip
                         break

@@ -225,7 +225,9 @@ class TrainedMacroSpace(SearchSpace):
         max_steps: optimiser steps per training run.
         lr: SGD learning rate (momentum 0.9, cosine schedule).
         seed: training seed (the same for every architecture, so differences come from the architecture).
-        out_dir: folder for the runs' logs.
+        out_dir: folder for the runs' logs, one subfolder ``NNN-<key>`` per training. An existing subfolder (an
+            earlier run, or a resumed search in the same folder) is never reused: the new one gets a suffix
+            ``-2``, ``-3``...
         dataset: the data in words, for the prompt.
         max_time_s: wall-clock cap of one run.
     """
@@ -267,8 +269,21 @@ class TrainedMacroSpace(SearchSpace):
     def key(self, answer: Sequence[int]) -> str:  # noqa: D102
         return "".join(str(v) for v in self.validate(answer))
 
+    def _fresh_run_dir(self, answer: Sequence[int]) -> Path:
+        """``out_dir/NNN-<key>``, or with the first suffix ``-2``, ``-3``... that names no existing folder."""
+        base = self.out_dir / f"{self.runs:03d}-{self.key(answer)}"
+        path, n = base, 1
+        while path.exists():
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+        return path
+
     def evaluate(self, answer: Sequence[int]) -> Evaluation:
-        """Train the network of ``answer`` for ``max_steps`` steps; validation top-1 in percent."""
+        """Train the network of ``answer`` for ``max_steps`` steps; validation top-1 in percent.
+
+        ``info`` holds the parameter count, the steps run, the seconds and ``run_dir``, the run's log folder (a new
+        one: an existing folder is never written into).
+        """
         from tenfold.classification import ClassificationTask
         from tenfold.engine.optim import OptimConfig
         from tenfold.engine.quick import quick_fit
@@ -283,11 +298,12 @@ class TrainedMacroSpace(SearchSpace):
                                       optim=optim)  # fmt: skip
 
         start = time.perf_counter()
+        run_dir = self._fresh_run_dir(answer)
+        run_dir.mkdir(parents=True)  # claimed now: fails rather than share a folder with a concurrent run
         run = quick_fit(make_task, self.data_factory(), max_steps=self.max_steps, val_every=self.max_steps,
-                        out_dir=self.out_dir / f"{self.runs:03d}-{self.key(answer)}", seed=self.seed,
-                        max_time_s=self.max_time_s)  # fmt: skip
+                        out_dir=run_dir, seed=self.seed, max_time_s=self.max_time_s)  # fmt: skip
         self.runs += 1
         acc = 100.0 * run.final["val/acc1"]
         info = {"params": count_parameters(run.task.model), "steps": run.steps,
-                "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+                "seconds": round(time.perf_counter() - start, 2), "run_dir": str(run_dir)}  # fmt: skip
         return Evaluation(acc=acc, report_acc=acc, rank=None, info=info)

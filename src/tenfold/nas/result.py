@@ -110,24 +110,35 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def summarize(results: list[SearchResult]) -> dict[str, Any]:
     """Mean and std over trials of the selected architecture's reported accuracy and rank, the paper's table row.
 
+    A trial that evaluated nothing (a chat model that never gave a valid answer) has no selected architecture: it
+    is left out of the statistics and counted in ``failed_trials``, so one failed trial does not hide the others.
+
     Returns:
-        ``{"optimizer", "space", "trials", "budget", "acc_mean", "acc_std", "rank_mean", "rank_std",
-        "rank_median", "best_acc", "best_rank"}`` (accuracies in percent; rank entries None without ranks).
+        ``{"optimizer", "space", "trials", "failed_trials", "budget", "acc_mean", "acc_std", "best_acc",
+        "rank_mean", "rank_std", "rank_median", "best_rank"}``: ``trials`` counts every trial, the statistics are
+        over the ``trials - failed_trials`` that evaluated at least one architecture (accuracies in percent; the
+        rank entries are absent without ranks, the accuracy entries are None when every trial failed).
+
+    Raises:
+        ValueError: ``results`` is empty.
     """
     if not results:
         raise ValueError("no trial to summarise")
-    best = [r.best() for r in results]
-    accs = [b.report_acc for b in best]
-    mean, std = _mean_std(accs)
+    done = [r for r in results if r.records]
     row: dict[str, Any] = {
         "optimizer": results[0].optimizer,
         "space": results[0].space,
         "trials": len(results),
+        "failed_trials": len(results) - len(done),
         "budget": results[0].budget,
-        "acc_mean": mean,
-        "acc_std": std,
-        "best_acc": max(accs),
     }
+    if not done:
+        row.update(acc_mean=None, acc_std=None, best_acc=None)
+        return row
+    best = [r.best() for r in done]
+    accs = [b.report_acc for b in best]
+    mean, std = _mean_std(accs)
+    row.update(acc_mean=mean, acc_std=std, best_acc=max(accs))
     ranks = [b.rank for b in best]
     if all(r is not None for r in ranks):
         r_mean, r_std = _mean_std([float(r) for r in ranks])

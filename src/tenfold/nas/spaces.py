@@ -14,10 +14,21 @@ Benchmarks read from table files at a user path (the tables are not ours to ship
 
 What the optimiser sees (``Evaluation.acc``) and what is reported (``Evaluation.report_acc``) are the same number
 on the macro tables (the mean over three seeds); on NAS-Bench-201 the optimiser sees the validation accuracy and
-the report gives the test accuracy of the architecture it selects, as the paper does. Ranks: NAS-Bench-201 tables
-carry theirs (1 = best test accuracy); on the macro tables the rank is ``1 + the number of entries with a strictly
-higher mean`` (ties share a rank; the official scripts break ties by ``argsort`` order, which differs by at most
-the size of a tie group).
+the report gives the test accuracy of the architecture it selects, as the paper does.
+
+Ranks (1 = best), ``rank_mode``:
+
+* ``"official"`` (default), as the official scripts compute them. Macro and channel tables:
+  ``rank = N - argsort(argsort(mean))`` over the entries in file order, with numpy's default ``argsort`` (no
+  ``kind=``). Entries with equal means get consecutive ranks, in the order numpy's default sort leaves them; that
+  order is numpy's and could change with the numpy version or the CPU's sort kernels (measured here with numpy
+  2.4 on x86-64). NAS-Bench-201: the ``rank`` field of the table, which the official script reads (a permutation
+  of 1..15625 by test accuracy; its ties are broken by the table's producer).
+* ``"competition"``: ``1 + the number of entries with a strictly higher score`` (the mean; the test accuracy on
+  NAS-Bench-201), so tied entries share the best of their ranks; independent of any sort order.
+
+The two differ only inside groups of equal scores: Channel-Bench ResNet's ``4343424`` (93.757%) is rank 33
+officially (the paper's anchor) and 32 as a competition rank.
 """
 
 from __future__ import annotations
@@ -41,13 +52,19 @@ __all__ = [
     "Evaluation",
     "MacroBenchSpace",
     "NASBench201Space",
+    "RANK_MODES",
     "SearchSpace",
     "TableSpace",
+    "competition_ranks",
     "load_space",
+    "official_ranks",
     "round_half_up",
 ]
 
 Answer = tuple[int, ...]
+
+#: Accepted ``rank_mode`` values of the table spaces (see the module docstring).
+RANK_MODES = ("official", "competition")
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,35 @@ def round_half_up(value: float, decimals: int) -> float:
     ``Decimal(value)`` takes the exact binary value of the float, so 92.125 rounds up and 92.12499999 does not.
     """
     return float(Decimal(value).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP))
+
+
+def official_ranks(scores: np.ndarray) -> np.ndarray:
+    """Ranks as the official GENIUS scripts compute them: ``N - argsort(argsort(scores))``, 1 = best.
+
+    numpy's default ``argsort`` (no ``kind=``) decides the order of equal scores, exactly as in the official
+    scripts, so tied entries get consecutive ranks in that order.
+
+    Args:
+        scores: (N,) accuracies, higher is better, in table order.
+
+    Returns:
+        (N,) int64 ranks, a permutation of 1..N.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    return len(scores) - scores.argsort().argsort()
+
+
+def competition_ranks(scores: np.ndarray) -> np.ndarray:
+    """Competition ranks: ``1 + the number of strictly higher scores`` (tied entries share the best rank).
+
+    Args:
+        scores: (N,) accuracies, higher is better.
+
+    Returns:
+        (N,) int64 ranks in 1..N.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    return 1 + np.searchsorted(np.sort(-scores), -scores, side="left")
 
 
 class SearchSpace(ABC):
@@ -192,10 +238,13 @@ class TableSpace(SearchSpace):
 
     Args:
         path: the table file, or a folder holding it under :attr:`filename`.
+        rank_mode: ``"official"`` (default: the official scripts' ranks, ties in numpy's ``argsort`` order) or
+            ``"competition"`` (tied entries share a rank); see the module docstring.
 
     Raises:
         FileNotFoundError: no table at ``path`` (the message names the expected file).
-        ValueError: the file is not JSON, lacks entries or fields, or has keys outside the space.
+        ValueError: the file is not JSON, lacks entries or fields, or has keys outside the space; an unknown
+            ``rank_mode``.
     """
 
     filename: str = ""
@@ -203,7 +252,10 @@ class TableSpace(SearchSpace):
     report_field: str = ""
     required_fields: tuple[str, ...] = ()
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, rank_mode: str = "official") -> None:
+        if rank_mode not in RANK_MODES:
+            raise ValueError(f"unknown rank_mode {rank_mode!r}; expected one of {list(RANK_MODES)}")
+        self.rank_mode = rank_mode
         path = Path(path)
         if path.is_dir():
             path = path / self.filename
@@ -221,8 +273,8 @@ class TableSpace(SearchSpace):
                              f"{self.filename!r}") from err  # fmt: skip
         self._table = self._check(raw)
         keys = list(self._table)
-        accs = np.array([self._table[k][self.acc_field] for k in keys], dtype=np.float64)
-        self._ranks = self._table_ranks(keys, accs)
+        scores = np.array([self._table[k][self.report_field] for k in keys], dtype=np.float64)
+        self._ranks = self._table_ranks(keys, scores)
 
     def _malformed(self, why: str) -> ValueError:
         return ValueError(f"{self.name}: table {str(self.path)!r} is malformed: {why}; expected {self.filename!r} "
@@ -243,11 +295,13 @@ class TableSpace(SearchSpace):
                 raise self._malformed(f"entry {key!r} lacks fields (it has {has!r})")
         return raw
 
-    def _table_ranks(self, keys: list[str], accs: np.ndarray) -> dict[str, int]:
-        # competition rank on the optimiser's score: 1 + the number of strictly better entries
-        descending = -np.sort(-accs)
-        ranks = 1 + np.searchsorted(-descending, -accs, side="left")
-        return dict(zip(keys, ranks.tolist(), strict=False))
+    def _table_ranks(self, keys: list[str], scores: np.ndarray) -> dict[str, int]:
+        """Rank of every key (1 = best) by ``scores`` (the reported accuracy, in file order) under ``rank_mode``."""
+        if self.rank_mode == "competition":
+            ranks = competition_ranks(scores)
+        else:
+            ranks = official_ranks(scores)
+        return dict(zip(keys, ranks.tolist(), strict=True))
 
     @abstractmethod
     def decode(self, key: str) -> Answer:
@@ -280,7 +334,7 @@ class TableSpace(SearchSpace):
         return answer, self.evaluate(answer)
 
     def describe(self) -> dict[str, Any]:  # noqa: D102
-        return {**super().describe(), "table": str(self.path)}
+        return {**super().describe(), "table": str(self.path), "rank_mode": self.rank_mode}
 
 
 _MACRO_TASK = """\
@@ -473,6 +527,8 @@ class NASBench201Space(TableSpace):
     Args:
         path: the table file or a folder holding it.
         dataset: ``cifar10``, ``cifar100`` or ``imagenet16-120``.
+        rank_mode: ``"official"`` (default: the table's ``rank`` field, as the official script reads it) or
+            ``"competition"`` (``1 +`` the number of entries with a strictly higher ``test_acc_200``).
     """
 
     choices = ((0, 1, 2, 3, 4),) * 6
@@ -489,16 +545,18 @@ class NASBench201Space(TableSpace):
         "imagenet16-120": "nas_bench_201_imagenet.json",
     }
 
-    def __init__(self, path: str | os.PathLike, dataset: str = "cifar10") -> None:
+    def __init__(self, path: str | os.PathLike, dataset: str = "cifar10", rank_mode: str = "official") -> None:
         if dataset not in self._FILES:
             raise ValueError(f"unknown NAS-Bench-201 dataset {dataset!r}; expected one of {list(self._FILES)}")
         self.dataset = dataset
         self.name = f"nas-bench-201-{dataset}"
         self.filename = self._FILES[dataset]
-        super().__init__(path)
+        super().__init__(path, rank_mode=rank_mode)
 
-    def _table_ranks(self, keys: list[str], accs: np.ndarray) -> dict[str, int]:
-        return {k: int(self._table[k]["rank"]) for k in keys}
+    def _table_ranks(self, keys: list[str], scores: np.ndarray) -> dict[str, int]:  # noqa: D102
+        if self.rank_mode == "official":  # the official script reads the table's own rank
+            return {k: int(self._table[k]["rank"]) for k in keys}
+        return super()._table_ranks(keys, scores)
 
     def key(self, answer: Sequence[int]) -> str:  # noqa: D102
         o = [NB201_OPS[v] for v in self.validate(answer)]
@@ -533,17 +591,18 @@ SPACES: dict[str, Any] = {
 }
 
 
-def load_space(name: str, table: str | os.PathLike) -> TableSpace:
+def load_space(name: str, table: str | os.PathLike, rank_mode: str = "official") -> TableSpace:
     """Open the benchmark ``name`` from its table file (or a folder holding it under the standard file name).
 
     Args:
         name: one of :data:`SPACES`.
         table: the table file, or a folder with the benchmark files.
+        rank_mode: ``"official"`` (default) or ``"competition"``; see the module docstring.
 
     Raises:
-        ValueError: an unknown name, or a malformed table.
+        ValueError: an unknown name or rank mode, or a malformed table.
         FileNotFoundError: the table is missing.
     """
     if name not in SPACES:
         raise ValueError(f"unknown search space {name!r}; expected one of {list(SPACES)}")
-    return SPACES[name](table)
+    return SPACES[name](table, rank_mode=rank_mode)
