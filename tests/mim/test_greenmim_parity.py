@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import pickle
 import zlib
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from tenfold.mim.convert import (
     encoder_state_dict,
     load_official,
     swap_merge_channel_order,
+    timm_swin_kwargs,
+    to_timm_state_dict,
     to_timm_swin,
 )
 from tenfold.mim.greenmim import GreenMIM, GreenSwin, mask_from_noise, masked_pixel_loss, patchify, unpatchify
@@ -51,8 +55,62 @@ def _model(cfg: dict, ratio: float, **kw) -> GreenMIM:
     ).eval()
 
 
+def _official_args() -> argparse.Namespace:
+    """The ``args`` namespace the official ``main_pretrain.py`` saves beside the weights (2022 Swin-B script values;
+    ``rank``, ``gpu``, ``distributed`` and ``dist_backend`` are added by MAE's ``init_distributed_mode``)."""
+    return argparse.Namespace(
+        batch_size=256,
+        epochs=800,
+        accum_iter=1,
+        model="green_mim_swin_base_patch4_dec5121b1",  # the 2022 factory name
+        input_size=224,
+        mask_ratio=0.75,
+        norm_pix_loss=True,
+        weight_decay=0.05,
+        lr=8e-4,
+        blr=1e-4,
+        min_lr=0.0,
+        warmup_epochs=40,
+        data_path="/mnt/cache/share/images/",
+        output_dir="./ckpts/green_mim_swin_base_patch4_dec5121b1/in1k/ep800_40_lr1.0e-4_bs256_wd0.05_m0.75_",
+        log_dir="./output_dir",
+        device="cuda",
+        seed=0,
+        resume="",
+        start_epoch=0,
+        num_workers=10,
+        pin_mem=True,
+        save_freq=25,
+        world_size=8,
+        local_rank=0,
+        dist_on_itp=False,
+        dist_url="env://",
+        rank=0,
+        gpu=0,
+        distributed=True,
+        dist_backend="nccl",
+    )
+
+
+def _official_optimizer_state(model: GreenMIM, state: dict) -> dict:
+    """A real AdamW state dict as the official run saves it: two groups (no decay for 1-D parameters and names with
+    ``position_bias`` or ``token``), betas (0.9, 0.95), after one step, so every parameter has moments."""
+    named = [(n, torch.nn.Parameter(state[n].clone())) for n, _ in model.named_parameters()]
+    no_decay = [p for n, p in named if p.ndim == 1 or "position_bias" in n or "token" in n]
+    decay = [p for n, p in named if not (p.ndim == 1 or "position_bias" in n or "token" in n)]
+    opt = torch.optim.AdamW(
+        [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": 0.05}], lr=8e-4, betas=(0.9, 0.95)
+    )
+    for _, p in named:
+        p.grad = torch.full_like(p, 1e-3)
+    opt.step()
+    return opt.state_dict()
+
+
 def _official_checkpoint(model: GreenMIM) -> dict:
-    """An official-format file: MAE's save_model dict, seeded weights, the recomputed buffers included."""
+    """An official-format file: MAE's ``misc.save_model`` dict ``{'model', 'optimizer', 'epoch', 'scaler', 'args'}``
+    with seeded weights, the recomputed buffers included, a real AdamW state, a GradScaler state and the
+    ``argparse.Namespace`` of the run."""
     state = {k: (v if k == "decoder_pos_embed" else seeded(k, v.shape)) for k, v in model.state_dict().items()}
     for i, layer in enumerate(model.encoder.layers):
         ws2 = layer.window_size**2
@@ -60,7 +118,14 @@ def _official_checkpoint(model: GreenMIM) -> dict:
             state[f"encoder.layers.{i}.blocks.{j}.attn.relative_position_index"] = torch.zeros(
                 ws2, ws2, dtype=torch.long
             )
-    return {"model": state, "epoch": 199, "args": None}
+    scaler = {**torch.amp.GradScaler("cpu").state_dict(), "scale": 32768.0, "_growth_tracker": 1210}
+    return {
+        "model": state,
+        "optimizer": _official_optimizer_state(model, state),
+        "epoch": 799,
+        "scaler": scaler,
+        "args": _official_args(),
+    }
 
 
 def _inputs(meta: dict, num_units: int):
@@ -130,8 +195,40 @@ def test_checkpoint_filter_and_strict_errors(tmp_path):
         load_official(tmp_path / "missing.pth", model)
 
 
+def test_official_file_loads_through_every_path(tmp_path, one_thread):
+    """A file as the official run writes it (argparse args, optimizer and scaler states) loads safely everywhere."""
+    from tenfold.cli import main as tenfold_main
+    from tenfold.mim.convert import convert_checkpoint
+
+    cfg = CASES["tiny_w3/swin/101"]["config"]
+    model = _model(cfg, 0.75)
+    ckpt = _official_checkpoint(model)
+    path = tmp_path / "checkpoint-799.pth"
+    torch.save(ckpt, path)
+    with pytest.raises(pickle.UnpicklingError, match="Namespace"):  # why a plain weights_only load is not enough
+        torch.load(path, weights_only=True)
+    assert load_official(path, model) is model
+    assert all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items() if k != "decoder_pos_embed")
+    enc = GreenSwin(img_size=96, embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=3)
+    load_official(path, enc)
+    weights = ckpt["model"]
+    assert torch.equal(enc.layers[1].blocks[0].attn.qkv.weight, weights["encoder.layers.1.blocks.0.attn.qkv.weight"])
+    timm_file = convert_checkpoint(path, tmp_path / "timm.pth", img_size=96)
+    timm_state = torch.load(timm_file, weights_only=True)
+    # timm moves the downsample at the end of stage 0 to the start of stage 1
+    reduction = weights["encoder.layers.0.downsample.reduction.weight"]
+    assert torch.equal(timm_state["layers.1.downsample.reduction.weight"], reduction)
+    swin_file = tmp_path / "swin.pth"
+    assert tenfold_main(["greenmim-convert", str(path), str(swin_file), "--format", "swin"]) == 0
+    swin_state = torch.load(swin_file, weights_only=True)
+    assert set(swin_state) == set(enc.state_dict())
+    assert all(torch.equal(v, ckpt["model"]["encoder." + k]) for k, v in swin_state.items())
+
+
 @pytest.mark.parametrize("img, window, depths", [(96, 3, (2, 2, 2, 1)), (224, 7, (2, 2, 2, 2))])
-def test_all_visible_encoder_equals_timm_swin(img, window, depths, one_thread):
+def test_all_visible_encoder_equals_timm_swin(img, window, depths, tmp_path, one_thread):
+    import timm
+
     torch.manual_seed(0)
     enc = GreenSwin(img_size=img, embed_dim=16, depths=depths, num_heads=(1, 2, 4, 8), window_size=window).eval()
     for name, p in enc.named_parameters():
@@ -142,8 +239,34 @@ def test_all_visible_encoder_equals_timm_swin(img, window, depths, one_thread):
         ours = enc(x)
         ref = timm_swin.forward_features(x)
     torch.testing.assert_close(ours, ref.flatten(1, 2), atol=1e-5, rtol=0)
-    # and the same weights through timm's own loader from a Microsoft-layout file
-    assert set(encoder_state_dict(enc)) == set(enc.state_dict())
+    # and the same weights through timm's own loader, from a Microsoft-layout file (what the official
+    # extract_backbone.py writes): timm's filter moves the downsample layers and rebuilds the index buffers
+    path = tmp_path / "swin_backbone.pth"
+    torch.save(encoder_state_dict(enc), path)
+    loaded = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=True,
+        pretrained_cfg_overlay={"file": str(path)},
+        num_classes=0,
+        **{k: v for k, v in timm_swin_kwargs(enc).items() if k != "patch_size"},
+    ).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.forward_features(x).flatten(1, 2), ours, atol=1e-5, rtol=0)
+
+
+def test_to_timm_swin_refuses_grids_that_are_not_window_multiples():
+    """At 256 px with window 7 the stage-0 grid is 64x64: timm pads its border windows, GreenSwin shrinks them."""
+    enc = GreenSwin(img_size=256, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7).eval()
+    with pytest.raises(ValueError, match=r"stage 0 grid 64x64 .* not a multiple of window 7"):
+        to_timm_swin(enc)
+    # the reason: the same weights give a different function in timm at this size
+    from timm.models.swin_transformer import SwinTransformer
+
+    timm_swin = SwinTransformer(num_classes=0, **timm_swin_kwargs(enc)).eval()
+    timm_swin.load_state_dict(to_timm_state_dict(encoder_state_dict(enc), timm_swin), strict=False)
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        assert (timm_swin.forward_features(x).flatten(1, 2) - enc(x)).abs().max() > 1e-3
 
 
 def test_masked_pixels_do_not_change_the_visible_encoding():
@@ -241,6 +364,37 @@ def test_encoder_rejects_bad_sizes_and_masks():
     enc = GreenSwin(img_size=96, embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=3)
     with pytest.raises(ValueError, match="mask must have shape"):
         enc(torch.randn(1, 3, 96, 96), torch.zeros(1, 16))
+
+
+def test_clear_errors_for_all_masked_units_and_wrong_image_sizes():
+    """A mask removing every unit used to fail in a reshape, a wrong image size in timm's assertion."""
+    enc = GreenSwin(img_size=96, embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=3)
+    x = torch.randn(2, 3, 96, 96)
+    with pytest.raises(ValueError, match="mask row 0 removes all 9 units"):
+        enc(x, torch.ones(1, 9))
+    half = torch.zeros(2, 9)
+    half[0, :5] = 1
+    half[1] = 1
+    with pytest.raises(ValueError, match="mask row 1 removes all 9 units"):
+        enc(x, half)
+    with pytest.raises(ValueError, match=r"images must have shape \(B, 3, 96, 96\).*got \(2, 3, 128, 128\)"):
+        enc(torch.randn(2, 3, 128, 128))
+    with pytest.raises(ValueError, match=r"got \(2, 1, 96, 96\)"):
+        enc(torch.randn(2, 1, 96, 96))
+    model = GreenMIM(
+        img_size=96,
+        embed_dim=16,
+        depths=(2, 2, 2, 1),
+        num_heads=(1, 2, 4, 8),
+        window_size=3,
+        decoder_embed_dim=32,
+        decoder_num_heads=4,
+    )
+    with pytest.raises(ValueError, match="img_size=96"):
+        model(torch.randn(2, 3, 64, 64))
+    all_masked = mask_from_noise(torch.rand(1, 9), 0.75, 2)._replace(mask=torch.ones(2, 9))
+    with pytest.raises(ValueError, match="removes all 9 units"):
+        model(x, all_masked)
     with pytest.raises(ValueError, match="nothing would be masked"):
         GreenMIM(
             img_size=96,

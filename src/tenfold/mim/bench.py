@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from tenfold.bench import register_bench
@@ -108,33 +109,55 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
-@register_bench("greenmim", "GreenMIM encoder fwd+bwd on visible units vs SimMIM-style dense Swin (time, memory)")
-def bench_greenmim(quick: bool) -> list[dict[str, Any]]:
-    """Swin-B and Swin-T at 224 px (quick: Swin-T only, fewer runs); ratios are dense over GreenMIM."""
-    sizes = ["swin_tiny"] if quick else ["swin_base", "swin_tiny"]
-    runs = 2 if quick else 5
+def _saving(green: float, dense: float) -> float:
+    """Percent saved, ``100 (1 - green / dense)``; NaN when the baseline measured no rise (nothing to compare)."""
+    return 100 * (1 - green / dense) if dense > 0 else float("nan")
+
+
+def bench_rows(
+    sizes: list[str], runs: int, batch: int = 2, measure: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per size: the SimMIM-style dense encoder and GreenMIM measured side by side, with their ratios.
+
+    ``measure`` defaults to one subprocess per measurement (clean peak-memory readings).
+
+    Args:
+        sizes: keys of :data:`SIZES`.
+        runs: timed forward+backward passes per measurement (median reported).
+        batch: images per pass.
+        measure: ``spec -> {"seconds", "peak_mib", "grad_mib", "gmacs"}``; :func:`_worker` runs in-process (tests).
+    """
+    measure = measure or _measure
     rows = []
     for size in sizes:
-        res = {m: _measure({"size": size, "method": m, "batch": 2, "runs": runs}) for m in ("simmim", "greenmim")}
+        res = {m: measure({"size": size, "method": m, "batch": batch, "runs": runs}) for m in ("simmim", "greenmim")}
         dense, green = res["simmim"], res["greenmim"]
         rows.append(
             {
-                "encoder (224 px, batch 2, 1 CPU thread)": size,
+                f"encoder (224 px, batch {batch}, 1 CPU thread)": size,
                 "SimMIM-style s/iter": dense["seconds"],
                 "GreenMIM s/iter": green["seconds"],
                 "speed ratio (SimMIM / GreenMIM)": dense["seconds"] / green["seconds"],
                 "SimMIM peak MiB": dense["peak_mib"],
                 "GreenMIM peak MiB": green["peak_mib"],
-                "memory saving (%)": 100 * (1 - green["peak_mib"] / dense["peak_mib"]),
-                "saving without weight grads (%)": 100
-                * (1 - (green["peak_mib"] - green["grad_mib"]) / (dense["peak_mib"] - dense["grad_mib"])),
+                "memory saving (%)": _saving(green["peak_mib"], dense["peak_mib"]),
+                "saving without weight grads (%)": _saving(
+                    green["peak_mib"] - green["grad_mib"], dense["peak_mib"] - dense["grad_mib"]
+                ),
                 "GMACs/img SimMIM": dense["gmacs"],
                 "GMACs/img GreenMIM": green["gmacs"],
+                "FLOP ratio (SimMIM / GreenMIM)": dense["gmacs"] / green["gmacs"],
                 "paper speed ratio (GPU, Swin-B)": PAPER["speed ratio"],
                 "paper memory saving (%)": PAPER["memory saving (%)"],
             }
         )
     return rows
+
+
+@register_bench("greenmim", "GreenMIM encoder fwd+bwd on visible units vs SimMIM-style dense Swin (time, memory)")
+def bench_greenmim(quick: bool) -> list[dict[str, Any]]:
+    """Swin-B and Swin-T at 224 px (quick: Swin-T only, fewer runs); ratios are dense over GreenMIM."""
+    return bench_rows(["swin_tiny"] if quick else ["swin_base", "swin_tiny"], runs=2 if quick else 5)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from tenfold.mim.greenmim import GreenMIM, GreenSwin
 from tenfold.utils.checkpoint import load_checkpoint, load_state_dict_strict
 
 __all__ = [
+    "check_window_grids",
     "checkpoint_filter_fn",
     "encoder_state_dict",
     "load_official",
@@ -115,7 +116,11 @@ def load_official(
 
 
 def encoder_state_dict(source: nn.Module | Mapping[str, Any]) -> dict[str, Tensor]:
-    """The Microsoft-layout Swin backbone of a GreenMIM model, checkpoint or encoder (``encoder.`` stripped)."""
+    """The Microsoft-layout Swin backbone of a GreenMIM model, checkpoint or encoder (``encoder.`` stripped).
+
+    The ``relative_position_index`` buffers are not included (our modules do not save them; Swin/SimMIM/timm
+    loaders recompute them), so load it into a Microsoft Swin with ``strict=False`` or through SimMIM's loader.
+    """
     if isinstance(source, GreenMIM):
         source = source.encoder
     if isinstance(source, nn.Module):
@@ -159,6 +164,25 @@ def to_timm_state_dict(encoder_state: Mapping[str, Tensor], timm_model: nn.Modul
     return timm_filter(dict(encoder_state), timm_model)
 
 
+def check_window_grids(encoder: GreenSwin) -> None:
+    """Raise ValueError unless every stage grid of ``encoder`` is a multiple of its window or at most the window.
+
+    Those are the sizes at which our encoder with no mask and timm's ``SwinTransformer`` compute the same function
+    (see :func:`to_timm_swin`).
+    """
+    ws = encoder.window_size
+    for i, layer in enumerate(encoder.layers):
+        side = layer.resolution[0]
+        if side > ws and side % ws:
+            raise ValueError(
+                f"stage {i} grid {side}x{side} (img_size {encoder.img_size} / patch {encoder.patch_size} / 2^{i}) is "
+                f"not a multiple of window {ws}: timm's Swin pads the border windows (the padding takes part in "
+                f"attention) while GreenSwin uses smaller border windows, so timm's model would compute a different "
+                f"function; choose an img_size whose stage grids are multiples of {ws} or no larger than it (e.g. a "
+                f"multiple of {encoder.mask_unit * ws} px)"
+            )
+
+
 def to_timm_swin(source: GreenSwin | GreenMIM, num_classes: int = 0, norm_eps: float | None = None, **kwargs: Any):
     """A timm ``SwinTransformer`` with the weights of our encoder (for fine-tuning or dense inference).
 
@@ -169,11 +193,19 @@ def to_timm_swin(source: GreenSwin | GreenMIM, num_classes: int = 0, norm_eps: f
         **kwargs: further timm arguments (``drop_path_rate``...).
 
     Returns:
-        ``timm.models.swin_transformer.SwinTransformer``, backbone loaded strictly.
+        ``timm.models.swin_transformer.SwinTransformer``, backbone loaded strictly. With all units visible it computes
+        what ``encoder(x)`` computes (tested to 1e-5).
+
+    Raises:
+        ValueError: a stage grid is larger than the window but not a multiple of it (e.g. 256 px with window 7:
+            64x64 tokens at stage 0). timm pads such a map to whole windows and the zero padding takes part in the
+            attention of the border windows, whereas GreenSwin (like the official code) uses smaller border
+            windows, so the same weights would compute a different function.
     """
     from timm.models.swin_transformer import SwinTransformer
 
     encoder = source.encoder if isinstance(source, GreenMIM) else source
+    check_window_grids(encoder)
     model = SwinTransformer(num_classes=num_classes, **{**timm_swin_kwargs(encoder, norm_eps), **kwargs})
     state = to_timm_state_dict(encoder_state_dict(encoder), model)
     head = {k: v for k, v in model.state_dict().items() if k.startswith("head.")}
@@ -230,7 +262,10 @@ def convert_checkpoint(
             checkpoint of :class:`~tenfold.mim.task.GreenMIMTask`).
         out: file to write (``.pth``/``.pt``; must not exist). Written atomically.
         fmt: ``timm`` (timm ``SwinTransformer`` keys, for ``ClassificationTask(model='swin_base_patch4_window7_224',
-            weights=out)``) or ``swin`` (Microsoft/SimMIM layout, what the official ``extract_backbone`` writes).
+            weights=out)``) or ``swin`` (Microsoft/SimMIM layout, a plain state dict as the official
+            ``util/extract_backbone.py`` writes). Neither holds the ``relative_position_index`` buffers (nor
+            ``attn_mask``): our modules do not save them, and the Swin/SimMIM and timm loaders rebuild them (SimMIM's
+            ``remap_pretrained_keys_swin`` deletes them from any file and loads with ``strict=False``).
         released_channel_order: apply :func:`swap_merge_channel_order` (released files; see there).
         num_classes: timm only: add a freshly initialised ``head.fc`` with this many classes, so that the file loads
             strictly into a classifier (timm's default initialisation, seed 0); 0 writes the backbone alone.

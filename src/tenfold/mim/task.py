@@ -21,6 +21,12 @@ class GreenMIMTask(pl.LightningModule):
     Logs ``train/loss`` (masked-unit MSE) and ``val/loss``; validation draws its masks from a fixed seed per batch,
     so validation losses of different steps and runs are comparable.
 
+    Training masks come from a generator owned by the task, seeded in :meth:`setup` with ``mask_seed + global_rank``:
+    under DDP every process draws its own mask per step, as the official run does (it seeds each process with
+    ``seed + rank``; the global RNG, seeded identically on every rank by ``seed_everything``, would give all GPUs the
+    same mask). The generator's state goes into checkpoints (one state per rank) so that a resumed run continues
+    the same mask sequence.
+
     Args:
         img_size, patch_size, embed_dim, depths, num_heads, window_size, drop_path_rate, decoder_embed_dim,
             decoder_depth, decoder_num_heads, norm_pix_loss, mask_ratio, per_sample_mask, official_decoder_order,
@@ -29,7 +35,12 @@ class GreenMIMTask(pl.LightningModule):
         optim: optimiser and schedule (timm names). Weight decay skips 1-D parameters, the relative-position bias
             tables and the mask token (``GreenMIM.no_weight_decay``), as the official code does.
         val_mask_seed: seed of the validation masks.
+        mask_seed: base seed of the training masks (rank r uses ``mask_seed + r``); None: the run's seed, i.e.
+            LightningCLI's ``seed_everything`` (read back as ``torch.initial_seed()`` in :meth:`setup`).
     """
+
+    #: checkpoint key of the mask generator states
+    MASK_RNG_KEY = "greenmim_mask_rng"
 
     def __init__(
         self,
@@ -52,6 +63,7 @@ class GreenMIMTask(pl.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         optim: OptimConfig | None = None,
         val_mask_seed: int = 0,
+        mask_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optim"])
@@ -77,7 +89,53 @@ class GreenMIMTask(pl.LightningModule):
         )
         self.betas = tuple(betas)
         self.val_mask_seed = val_mask_seed
+        self.mask_seed = mask_seed
+        self.mask_generator: torch.Generator | None = None
+        self._mask_rank: int | None = None
+        self._mask_base_seed: int | None = None
         self.val_loss = MeanMetric()
+
+    def setup(self, stage: str) -> None:
+        """Seed this process's training-mask generator with ``mask_seed + global_rank`` (once per rank).
+
+        A second ``fit`` of the same task keeps the generator where it is, so its masks do not repeat.
+        """
+        if self.mask_generator is not None and self._mask_rank == self.global_rank:
+            return
+        base = self.mask_seed if self.mask_seed is not None else torch.initial_seed()
+        self._mask_base_seed, self._mask_rank = base, self.global_rank
+        self.mask_generator = torch.Generator().manual_seed((base + self.global_rank) % 2**64)
+
+    def _generator(self) -> torch.Generator:
+        if self.mask_generator is None:  # used without a trainer (no setup call)
+            self.setup("fit")
+        assert self.mask_generator is not None
+        return self.mask_generator
+
+    def training_mask(self, batch_size: int, device: torch.device | str | None = None):
+        """The next training :class:`~tenfold.mim.greenmim.UnitMask`, from this process's generator."""
+        return self.model.random_mask(batch_size, generator=self._generator(), device=device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the mask generator state of every rank (gathered: under DDP only rank 0 writes the file)."""
+        state = self._generator().get_state()
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1:
+            states = self.all_gather(state.to(self.device)).cpu().reshape(world, -1)
+        else:
+            states = state.unsqueeze(0)
+        checkpoint[self.MASK_RNG_KEY] = {"states": states, "base_seed": self._mask_base_seed}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore this rank's mask generator state; a file from another world size re-seeds ranks beyond it."""
+        saved = checkpoint.get(self.MASK_RNG_KEY)
+        if saved is None:  # a checkpoint from before the generator existed: keep the fresh seed
+            return
+        generator = self._generator()
+        states = saved["states"]
+        if self.global_rank < states.shape[0]:
+            # a fresh contiguous copy: set_state on a row view of a larger tensor crashes (torch 2.14)
+            generator.set_state(states[self.global_rank].to(device="cpu", dtype=torch.uint8).clone())
 
     def forward(self, images: torch.Tensor):
         """:class:`~tenfold.mim.greenmim.GreenMIMOutput` of (B, 3, H, W) normalised images with a random mask."""
@@ -85,7 +143,7 @@ class GreenMIMTask(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:  # noqa: D102
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        loss = self.model(images).loss
+        loss = self.model(images, self.training_mask(images.shape[0], images.device)).loss
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0], sync_dist=True)
         return loss
 

@@ -1,0 +1,73 @@
+"""GreenMIM benchmark worker and demo figures: run in-process on tiny sizes (no timing asserts)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tenfold.mim import bench
+from tenfold.mim.demo import make_data, make_task, plot_loss_curves, reconstruction_figure
+
+TINY_SWIN = {"embed_dim": 16, "depths": (2, 2, 2, 2), "num_heads": (1, 2, 4, 8)}
+
+
+def test_bench_worker_rows_in_process(monkeypatch, one_thread):
+    monkeypatch.setitem(bench.SIZES, "tiny", TINY_SWIN)
+    rows = bench.bench_rows(["tiny"], runs=1, measure=bench._worker)
+    assert len(rows) == 1
+    row = rows[0]
+    assert set(row) == {
+        "encoder (224 px, batch 2, 1 CPU thread)",
+        "SimMIM-style s/iter",
+        "GreenMIM s/iter",
+        "speed ratio (SimMIM / GreenMIM)",
+        "SimMIM peak MiB",
+        "GreenMIM peak MiB",
+        "memory saving (%)",
+        "saving without weight grads (%)",
+        "GMACs/img SimMIM",
+        "GMACs/img GreenMIM",
+        "FLOP ratio (SimMIM / GreenMIM)",
+        "paper speed ratio (GPU, Swin-B)",
+        "paper memory saving (%)",
+    }
+    assert row["encoder (224 px, batch 2, 1 CPU thread)"] == "tiny"
+    assert row["SimMIM-style s/iter"] > 0 and row["GreenMIM s/iter"] > 0 and row["speed ratio (SimMIM / GreenMIM)"] > 0
+    # 12 of 49 units visible: the visible-only encoder needs well under half the dense FLOPs (spec: about 4x)
+    assert row["GMACs/img SimMIM"] > 0 and row["FLOP ratio (SimMIM / GreenMIM)"] > 2.5
+    # in-process, peak-memory rises are not meaningful (the test process's own peak), but they are numbers
+    assert all(isinstance(row[k], float) for k in ("memory saving (%)", "saving without weight grads (%)"))
+
+
+def test_bench_saving_is_nan_without_a_baseline_rise():
+    assert math.isnan(bench._saving(10.0, 0.0))
+    assert bench._saving(30.0, 100.0) == 70.0
+
+
+def test_demo_figures_after_two_steps(tmp_path, one_thread):
+    import matplotlib.image as mpimg
+
+    from tenfold.engine.quick import quick_fit
+
+    data = make_data("gradients")
+    result = quick_fit(make_task, data, max_steps=2, val_every=2, out_dir=tmp_path / "run", seed=0)
+    assert result.steps == 2
+    curve = tmp_path / "loss_curve.png"
+    plot_loss_curves({"two steps": [{"step": 0.0, "val/loss": 1.2}, *result.history]}, curve)
+    picture = tmp_path / "reconstruction.png"
+    reconstruction_figure({"prediction": result.task}, data, picture, num_images=3)
+    for path in (curve, picture):
+        assert path.stat().st_size > 1000
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = mpimg.imread(picture)
+    # 3 rows (images) by 3 columns (masked input, one prediction, target) of square panels
+    assert image.shape[0] > image.shape[1] * 0.8 and image.ndim == 3
+    assert float(torch.as_tensor(image).std()) > 0.01  # not a blank canvas
+
+
+def test_demo_step_times_cover_both_models(one_thread):
+    from tenfold.mim.demo import SPEC7, step_times
+
+    times = step_times(SPEC7, batch_size=2, steps=1, warmup=0)
+    assert set(times) == {"greenmim", "dense"} and all(v > 0 for v in times.values())
