@@ -13,6 +13,7 @@ from tenfold.data.builtin import make_speech
 from tenfold.speech.cli import enhance_main
 from tenfold.speech.data import resample
 from tenfold.speech.enhance import chunk_plan, enhance_waveform
+from tenfold.speech.stft import stft_compress
 from tenfold.speech.taylorsenet import SMALL_CONFIG, TaylorSENet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -134,3 +135,65 @@ def test_errors_are_reported_and_files_never_overwritten(tmp_path, capsys):
     assert enhance_main([str(tmp_path / "x.wav"), str(tmp_path / "o.wav"), "--ckpt", str(tmp_path / "bad.pth")]) == 2
     assert "do not fit" in capsys.readouterr().err
     assert not (tmp_path / "o.wav").exists()
+
+
+def half_gain_model(**arch) -> TaylorSENet:
+    """A TaylorSENet with a constant 0th-order gain of sigmoid(0) = 0.5 and zero high-order heads.
+
+    In the compressed domain its output is 0.5 |X|^p with the noisy phase, so after decompression the waveform is
+    0.5^(1/p) x: 0.5 x for a model trained with p = 1.0, 0.25 x when wrongly decompressed with p = 0.5.
+    """
+    model = identity_model(**arch)
+    with torch.no_grad():
+        model.zeroorderblock.de.last_conv[3].bias.zero_()
+    return model
+
+
+def test_enhance_uses_the_compression_power_the_model_was_trained_with(tmp_path, capsys):
+    clean, _ = make_speech(1, seed=9, split="test", seconds=1.0)
+    x = clean[0].numpy()
+    sf.write(tmp_path / "x.wav", x, 16000, subtype="FLOAT")
+    model = half_gain_model(**TINY)
+    # a tenfold checkpoint of a model trained with power 1.0 (no compression): its hyper-parameters say so
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"model_kwargs": TINY, "power": 1.0}}, tmp_path / "p1.ckpt")  # fmt: skip
+    assert enhance_main([str(tmp_path / "x.wav"), str(tmp_path / "a.wav"), "--ckpt", str(tmp_path / "p1.ckpt")]) == 0
+    assert "compression power 1 (from the checkpoint" in capsys.readouterr().out
+    np.testing.assert_allclose(sf.read(tmp_path / "a.wav", dtype="float32")[0], 0.5 * x, atol=1e-4)
+    # weights without a saved power (an official state dict; the tiny test architecture comes from model_kwargs
+    # here, as --config only knows the paper and small ones): 0.5 by default, --power for other models
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": {"model_kwargs": TINY}}, tmp_path / "np.ckpt")
+    ckpt = ["--ckpt", str(tmp_path / "np.ckpt")]
+    assert enhance_main([str(tmp_path / "x.wav"), str(tmp_path / "b.wav"), *ckpt]) == 0
+    assert "compression power 0.5 (default" in capsys.readouterr().out
+    np.testing.assert_allclose(sf.read(tmp_path / "b.wav", dtype="float32")[0], 0.25 * x, atol=1e-4)
+    assert enhance_main([str(tmp_path / "x.wav"), str(tmp_path / "c.wav"), *ckpt, "--power", "1.0"]) == 0
+    np.testing.assert_allclose(sf.read(tmp_path / "c.wav", dtype="float32")[0], 0.5 * x, atol=1e-4)
+
+
+@pytest.mark.parametrize("length", [100, 160, 161])
+def test_inputs_shorter_than_the_stft_padding_are_enhanced_at_their_length(length):
+    clean, _ = make_speech(1, seed=10, split="test", seconds=0.25)
+    x = clean[0, 1000 : 1000 + length]
+    out = enhance_waveform(identity_model(**TINY), x)
+    assert out.shape == (length,)
+    torch.testing.assert_close(out, x, atol=1e-4, rtol=0)
+    if length <= 160:  # the front end itself names the problem instead of torch's raw padding error
+        with pytest.raises(ValueError, match="need at least 161 samples"):
+            stft_compress(x[None])
+
+
+def test_a_short_last_chunk_is_merged_into_the_previous_one():
+    # 160,050 samples in 10-s chunks without overlap: the 50-sample tail joins the first chunk
+    assert chunk_plan(160_050, 160_000, 0, min_last=1600) == [(0, 160_050)]
+    assert chunk_plan(160_050, 160_000, 0) == [(0, 160_000), (160_000, 160_050)]
+    plan = chunk_plan(1000, 300, 50, min_last=200)  # tail (750, 1000) of 250 samples is kept
+    assert plan[-1] == (750, 1000)
+    plan = chunk_plan(1000, 300, 100, min_last=200)  # tail (800, 1000) of 200 samples is kept, (600, 900) precedes
+    assert plan[-2:] == [(600, 900), (800, 1000)]
+    assert chunk_plan(1000, 300, 100, min_last=201)[-1] == (600, 1000)
+    _, noisy = make_speech(1, seed=11, split="test", seconds=10.0)
+    x = torch.cat([noisy[0], noisy[0, :50]])
+    out = enhance_waveform(identity_model(**TINY), x, chunk_seconds=10.0, overlap_seconds=0.0)
+    assert out.shape == (160_050,)
+    torch.testing.assert_close(out, x, atol=1e-4, rtol=0)

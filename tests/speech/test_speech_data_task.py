@@ -49,16 +49,20 @@ def test_collate_pads_and_reports_lengths():
     assert noisy[1, 3:].abs().sum() == 0
 
 
-def test_voicebank_layout_resampled_with_held_out_speakers(tmp_path):
+def _fake_voicebank(root) -> None:
     for kind in ("trainset_28spk", "testset"):
         for side in ("noisy", "clean"):
-            (tmp_path / f"{side}_{kind}_wav").mkdir()
+            (root / f"{side}_{kind}_wav").mkdir()
     names = {"trainset_28spk": ["p226_001", "p227_001", "p287_002", "p230_010"], "testset": ["p232_001"]}
     for kind, stems in names.items():
         for i, stem in enumerate(stems):
             noisy, clean = _tone_pair(0.5, 48000, i)
-            sf.write(tmp_path / f"noisy_{kind}_wav" / f"{stem}.wav", noisy, 48000)
-            sf.write(tmp_path / f"clean_{kind}_wav" / f"{stem}.wav", clean, 48000)
+            sf.write(root / f"noisy_{kind}_wav" / f"{stem}.wav", noisy, 48000)
+            sf.write(root / f"clean_{kind}_wav" / f"{stem}.wav", clean, 48000)
+
+
+def test_voicebank_layout_resampled_with_held_out_speakers(tmp_path):
+    _fake_voicebank(tmp_path)
     dm = SpeechData(dataset="voicebank", root=str(tmp_path), chunk_seconds=None, batch_size=2, fixed_batches=False)
     dm.setup("fit")
     dm.setup("test")
@@ -75,6 +79,51 @@ def test_voicebank_layout_resampled_with_held_out_speakers(tmp_path):
         PairedWavFolder(tmp_path / "noisy_testset_wav", tmp_path / "clean_testset_wav")
     with pytest.raises(ValueError, match="root"):
         SpeechData(dataset="voicebank")
+
+
+def test_voicebank_without_held_out_speakers_validates_on_the_test_set_or_not_at_all(tmp_path):
+    _fake_voicebank(tmp_path)
+    common = {"dataset": "voicebank", "root": str(tmp_path), "chunk_seconds": None, "fixed_batches": False}
+    none = SpeechData(**common, val_speakers=[])
+    none.setup("fit")
+    assert len(none._splits["train"]) == 4  # all speakers train
+    assert none.val_dataloader() == []
+    on_test = SpeechData(**common, val_speakers=[], val_on_test=True)
+    on_test.setup("fit")
+    assert [p.stem for p, _ in on_test._splits["val"].pairs] == ["p232_001"]
+    assert next(iter(on_test.val_dataloader()))[0].shape == (1, 8000)
+    with pytest.raises(ValueError, match=r"val_speakers: \[\]"):
+        SpeechData(**common, val_on_test=True)
+
+
+@pytest.mark.filterwarnings("ignore:Total length of `list` across ranks is zero")
+def test_voicebank_fit_without_validation_trains_and_skips_the_plateau_rule(tmp_path):
+    _fake_voicebank(tmp_path)
+    data = SpeechData(dataset="voicebank", root=str(tmp_path), chunk_seconds=0.25, batch_size=2, val_speakers=[])
+    optim = OptimConfig(opt="adam", lr=1e-3, weight_decay=0.0, sched="none", filter_bias_and_bn=False)
+    task = EnhancementTask(model_kwargs=TINY, optim=optim)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(task, datamodule=data)
+    assert trainer.global_step == 2 and "val/si_snr" not in trainer.callback_metrics
+
+
+def test_drop_last_and_validation_chunks_follow_the_official_loaders():
+    official = SpeechData(train_size=8, val_size=3, seconds=1.0, chunk_seconds=None, batch_size=3, eval_batch_size=1,
+                          val_chunk_seconds=0.5, val_batch_size=2)  # fmt: skip
+    official.setup("fit")
+    official.setup("test")
+    # the official loader keeps the last, partial minibatch (drop_last = false)
+    assert [b[0].shape[0] for b in official.train_dataloader()] == [3, 3, 2]
+    # validation on random 0.5-s chunks in minibatches of val_batch_size; the test set stays whole, eval_batch_size
+    assert [b[0].shape for b in official.val_dataloader()] == [(2, 8000), (1, 8000)]
+    assert [b[0].shape for b in official.test_dataloader()][0] == (1, 16000)
+    dropped = SpeechData(train_size=8, val_size=2, seconds=0.5, chunk_seconds=None, batch_size=3, drop_last=True)
+    dropped.setup("fit")
+    assert [b[0].shape[0] for b in dropped.train_dataloader()] == [3, 3]
+    whole = SpeechData(train_size=8, val_size=2, seconds=1.0, chunk_seconds=None, batch_size=3, eval_batch_size=2)
+    whole.setup("fit")
+    assert [b[0].shape for b in whole.val_dataloader()] == [(2, 16000)]
 
 
 def test_dns_layout_pairs_by_fileid(tmp_path):
@@ -150,6 +199,30 @@ def test_nonfinite_gradients_skip_the_update_and_clipping_bounds_the_norm():
     task.log = lambda *a, **k: None  # no trainer attached
     task.configure_gradient_clipping(None)
     assert all(p.grad is None for p in params)
+
+
+def test_nonfinite_check_reads_the_total_norm_of_the_clip_in_the_official_order(monkeypatch):
+    """Official ``update_params``: clip, then look for NaN/Inf; the total norm the clip returns says it at once."""
+    task = EnhancementTask(model_kwargs=TINY, grad_clip=5.0)
+    task.log = lambda *a, **k: None
+    params = list(task.model.parameters())
+    calls = []
+
+    def fake_clip(parameters, max_norm, *args, **kwargs):
+        calls.append(max_norm)
+        return torch.tensor(float("inf"))  # as if a gradient overflowed; the gradients themselves look finite
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", fake_clip)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    task.configure_gradient_clipping(None)
+    assert calls == [5.0] and all(p.grad is None for p in params)
+    calls.clear()
+    for p in params:
+        p.grad = torch.ones_like(p)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: calls.append(1) or torch.tensor(2.0))
+    task.configure_gradient_clipping(None)
+    assert calls == [1] and all(p.grad is not None for p in params)
 
 
 def test_training_validation_test_and_checkpoint_round_trip(tmp_path):

@@ -90,6 +90,8 @@ def test_paper_config_has_the_official_names_shapes_and_count():
         ({"order_num": 2}, 4_579_013),
         ({"order_num": 4}, 6_223_689),
         ({"is_param_share": True}, 3_756_675),
+        # official: the shared derivative block exists even with no high orders (order 0 + one 822,338 block)
+        ({"is_param_share": True, "order_num": 0}, 2_934_337 + 822_338),
         ({"is_encoder_share": True}, 4_659_271),
     ],
 )
@@ -234,6 +236,24 @@ def test_constructor_rejects_what_cannot_work():
         TaylorSENet(norm_type="cLN")
     with pytest.raises(ValueError, match=r"\(B, 2, T, 161\)"):
         TaylorSENet(**SMALL_CONFIG)(torch.randn(1, 2, 5, 129))
+    # a 3-D input is rejected with its own shape named (the official unsqueeze to (B, 1, T, F) cannot work)
+    with pytest.raises(ValueError, match=r"3-D tensor of shape \(2, 5, 161\)"):
+        TaylorSENet(**SMALL_CONFIG)(torch.randn(2, 5, 161))
+
+
+def test_shared_derivative_block_with_order_zero_loads_official_keys_strictly(tmp_path):
+    shared = TaylorSENet(**{**SMALL_CONFIG, "order_num": 0, "is_param_share": True})
+    state = shared.state_dict()
+    # the official state dict of this configuration holds one (unused) HighOrderBlock besides the order-0 model
+    plain = TaylorSENet(**{**SMALL_CONFIG, "order_num": 0}).state_dict()
+    extra = set(state) - set(plain)
+    assert extra and {k.split(".")[:2] == ["highorderblock_list", "0"] for k in extra} == {True}
+    torch.save(state, tmp_path / "official_q0_shared.pth")
+    loaded = load_taylorsenet(tmp_path / "official_q0_shared.pth", **{**SMALL_CONFIG, "order_num": 0,
+                                                                       "is_param_share": True})  # fmt: skip
+    spec = torch.randn(1, 2, 6, 161)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(spec), shared.eval()(spec))
 
 
 # --------------------------------------------------------------------------------------------------------------- loss
@@ -307,3 +327,13 @@ def test_multiply_adds_per_second_in_both_conventions():
     assert paper["conv"] / 1e9 == pytest.approx(1.570, abs=0.005)
     assert paper["conv_transpose"] / 1e9 == pytest.approx(4.547, abs=0.005)
     assert 6.12 < paper["total"] / 1e9 < 6.25  # the paper's "6.2 G/s"
+
+
+def test_bench_counts_the_cpus_this_process_may_use(monkeypatch):
+    import os
+
+    from tenfold.speech.bench import usable_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert usable_cpus() == 2  # e.g. `taskset -c 0,3` on a 64-core machine

@@ -11,6 +11,7 @@ from tenfold.speech.taylorsenet import (
     TaylorOutput,
     TaylorSENet,
     load_taylorsenet,
+    load_taylorsenet_checkpoint,
 )
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "TaylorSENet",
     "istft_decompress",
     "load_taylorsenet",
+    "load_taylorsenet_checkpoint",
     "stft_compress",
     "variance_norm_scale",
 ]

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from tenfold.bench import register_bench
 
-__all__ = ["paper_style_macs", "real_time_factor"]
+__all__ = ["paper_style_macs", "real_time_factor", "usable_cpus"]
 
 
 def paper_style_macs(model: nn.Module, spec: torch.Tensor) -> dict[str, int]:
@@ -55,6 +55,16 @@ def paper_style_macs(model: nn.Module, spec: torch.Tensor) -> dict[str, int]:
     return counts
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a container or ``taskset`` may allow fewer than exist)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity API (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def real_time_factor(model: nn.Module, seconds: float, threads: int, runs: int = 3) -> float:
     """Median end-to-end processing time of ``seconds`` of audio / ``seconds``, on ``threads`` CPU threads."""
     from tenfold.speech.stft import istft_decompress, stft_compress
@@ -78,13 +88,11 @@ def real_time_factor(model: nn.Module, seconds: float, threads: int, runs: int =
 
 @register_bench("taylorsenet", "TaylorSENet: params, GMAC per s of audio (true, paper-style), CPU real-time factor")
 def bench_taylorsenet(quick: bool) -> list[dict[str, Any]]:
-    """Paper and small configurations, measured in one run (RTF on 1 thread and on all threads)."""
-    import os
-
+    """Paper and small configurations, measured in one run (RTF on 1 thread and on all usable threads)."""
     from tenfold.speech.taylorsenet import PAPER_CONFIG, SMALL_CONFIG, TaylorSENet
     from tenfold.utils.flops import count_flops, count_parameters
 
-    all_threads = os.cpu_count() or 1
+    all_threads = usable_cpus()
     seconds = 4.0 if quick else 10.0
     rows = []
     for name, cfg in (("paper (Q=3)", PAPER_CONFIG), ("paper, magnitude-only (Q=0)", {**PAPER_CONFIG, "order_num": 0}),

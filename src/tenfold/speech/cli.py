@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["enhance_main"]
+__all__ = ["enhance_main", "run_checkpoint"]
 
 _AUDIO = (".wav", ".flac")
 
@@ -21,8 +21,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("noisy", help="an audio file (.wav/.flac) or a folder of them")
     p.add_argument("out", help="output file, or output folder when NOISY is a folder (created; files are never "
                                "overwritten)")  # fmt: skip
-    p.add_argument("--ckpt", required=True, help="a tenfold training checkpoint (or its run folder's last.ckpt) or "
-                                                  "an official TaylorSENet state dict")  # fmt: skip
+    p.add_argument("--ckpt", required=True, help="a tenfold training checkpoint, a run folder (its best checkpoint "
+                                                  "by the monitored metric when it kept one, else last.ckpt) or an "
+                                                  "official TaylorSENet state dict")  # fmt: skip
+    p.add_argument("--power", type=float, default=None,
+                   help="compression exponent the model was trained with; default: the checkpoint's own (tenfold "
+                        "checkpoints save it), else 0.5 as the official recipe")  # fmt: skip
     p.add_argument(
         "--config",
         choices=("paper", "small"),
@@ -35,6 +39,48 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def run_checkpoint(folder: str | Path) -> tuple[Path, str]:
+    """The checkpoint of a run folder (or of the latest run in a folder of runs) to enhance with, and why.
+
+    The best checkpoint by the monitored metric (a recipe's ``checkpoint: {monitor: val/si_snr, mode: max}``, the
+    official best-dev-model rule) when the run kept one; otherwise ``last.ckpt``. The best file is found through the
+    ModelCheckpoint state saved in ``last.ckpt`` (by its name in the same folder if the run was moved).
+
+    Raises:
+        FileNotFoundError: the folder holds no run with a ``checkpoints/last.ckpt``.
+    """
+    from tenfold.engine.rundir import last_checkpoint
+    from tenfold.utils.checkpoint import load_checkpoint
+
+    last = last_checkpoint(folder)
+    states = load_checkpoint(last).get("callbacks") or {}
+    for key, state in states.items():
+        if not key.startswith("ModelCheckpoint") or not isinstance(state, dict):
+            continue
+        monitor, best = state.get("monitor"), state.get("best_model_path")
+        if not monitor or not best:
+            continue
+        for candidate in (Path(best), last.parent / Path(best).name):
+            if candidate.is_file() and candidate.resolve() != last.resolve():
+                score = state.get("best_model_score")
+                value = f" = {float(score):.4g}" if score is not None else ""
+                return candidate, f"best checkpoint of the run by {monitor}{value}"
+    return last, "last checkpoint of the run: it kept no best checkpoint by a monitored metric"
+
+
+def _power(given: float | None, trained: float | None) -> tuple[float, str]:
+    """The compression exponent to enhance with and where it comes from (``--power`` wins over the checkpoint)."""
+    if given is not None:
+        if not given > 0:
+            raise ValueError(f"--power must be > 0, got {given}")
+        if trained is not None and float(trained) != given:
+            return given, f"--power; note: the checkpoint was trained with {float(trained):g}"
+        return given, "--power"
+    if trained is not None:
+        return float(trained), "from the checkpoint's hyper-parameters"
+    return 0.5, "default of the official recipe; the checkpoint does not say, pass --power otherwise"
+
+
 def enhance_main(argv: list[str]) -> int:
     """Run ``tenfold enhance`` with ``argv`` (the words after ``enhance``); returns the exit code.
 
@@ -44,7 +90,7 @@ def enhance_main(argv: list[str]) -> int:
     import torch
 
     from tenfold.speech.enhance import enhance_file
-    from tenfold.speech.taylorsenet import PAPER_CONFIG, SMALL_CONFIG, load_taylorsenet
+    from tenfold.speech.taylorsenet import PAPER_CONFIG, SMALL_CONFIG, load_taylorsenet_checkpoint
 
     if args.threads is not None:
         if args.threads < 1:
@@ -68,16 +114,18 @@ def enhance_main(argv: list[str]) -> int:
         else:
             raise FileNotFoundError(f"input {str(noisy)!r} does not exist")
         if Path(args.ckpt).is_dir():
-            from tenfold.engine.rundir import last_checkpoint
-
-            args.ckpt = str(last_checkpoint(args.ckpt))
+            ckpt, why = run_checkpoint(args.ckpt)
+            print(f"checkpoint: {ckpt} ({why})")
+            args.ckpt = str(ckpt)
         arch = {"small": SMALL_CONFIG, "paper": PAPER_CONFIG}.get(args.config or "", {})
-        model = load_taylorsenet(args.ckpt, **arch)
+        model, hparams = load_taylorsenet_checkpoint(args.ckpt, **arch)
+        power, why = _power(args.power, hparams.get("power"))
+        print(f"compression power {power:g} ({why})")
         total_audio = total_time = 0.0
         start = time.perf_counter()
         for src, dst in jobs:
             stats = enhance_file(
-                model, src, dst, chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds
+                model, src, dst, chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds, power=power
             )
             total_audio += stats.audio_s
             total_time += stats.process_s

@@ -2,7 +2,8 @@
 
 Items follow the official ``dataset/data.py`` of TaylorSENet: each utterance is variance-normalised (noisy and
 clean multiplied by ``c = sqrt(L / sum(noisy^2))`` computed on the whole utterance), then, for training, a random
-chunk of ``chunk_seconds`` is cut when the utterance is longer. Evaluation uses whole utterances. A batch is
+chunk of ``chunk_seconds`` is cut when the utterance is longer (validation too with ``val_chunk_seconds``, as the
+official solver; the test set always uses whole utterances). A batch is
 ``(noisy, clean, lengths, c)``: zero-padded (B, L) waveforms, (B,) valid lengths and (B,) float64 scales.
 """
 
@@ -282,13 +283,21 @@ class SpeechData(pl.LightningDataModule):
         test_size: built-in test utterances.
         seconds: built-in utterance length.
         snr_db: built-in SNR range (dB).
-        chunk_seconds: random training chunk (official: 8 s); evaluation always uses whole utterances.
+        chunk_seconds: random training chunk (official: 8 s); the test set always uses whole utterances.
+        val_chunk_seconds: random chunk of validation utterances (the official solver validates with the same
+            ``is_chunk``/8-s setting as training, a new random chunk each epoch); None: whole utterances.
         batch_size: utterances per training step (official: 24).
-        eval_batch_size: utterances per evaluation step (padded; the metrics use the valid lengths).
+        eval_batch_size: utterances per test step (padded; the metrics use the valid lengths).
+        val_batch_size: utterances per validation step (official: 24, as training); None: ``eval_batch_size``.
+        drop_last: drop the last, partial training minibatch. Default False, as the official loader
+            (``drop_last = false``: the partial minibatch of the once-shuffled list is trained on every epoch).
         fixed_batches: the official batching: the sorted training list is shuffled once with python
             ``random.seed(1234)`` and cut into minibatches that stay the same every epoch. False: a new seeded
             order every epoch.
-        val_speakers: VoiceBank speakers held out of the training folder for validation (VB has no dev set).
+        val_speakers: VoiceBank speakers held out of the training folder for validation (VB has no dev set);
+            ``[]`` trains on all 28 speakers and validates on the test set when ``val_on_test``, else not at all.
+        val_on_test: validate on the test split (VoiceBank with ``val_speakers: []``, or any dataset without a
+            dev set). Best-checkpoint selection then sees the test set: report that with the numbers.
         train_dir: DNS training folder under ``root``.
         val_dir: DNS validation folder under ``root``.
         test_dir: DNS test folder under ``root``.
@@ -297,7 +306,7 @@ class SpeechData(pl.LightningDataModule):
         num_workers: loader workers.
 
     Raises:
-        ValueError: an unknown dataset or a missing ``root``.
+        ValueError: an unknown dataset, a missing ``root``, or ``val_on_test`` with VoiceBank held-out speakers.
         FileNotFoundError: ``root`` lacks the expected layout (raised in :meth:`setup`).
     """
 
@@ -311,10 +320,14 @@ class SpeechData(pl.LightningDataModule):
         seconds: float = 2.0,
         snr_db: tuple[float, float] = (-5.0, 10.0),
         chunk_seconds: float | None = 8.0,
+        val_chunk_seconds: float | None = None,
         batch_size: int = 24,
         eval_batch_size: int = 8,
+        val_batch_size: int | None = None,
+        drop_last: bool = False,
         fixed_batches: bool = True,
         val_speakers: tuple[str, ...] = ("p226", "p287"),
+        val_on_test: bool = False,
         train_dir: str = "train",
         val_dir: str = "dev",
         test_dir: str = "test",
@@ -327,12 +340,21 @@ class SpeechData(pl.LightningDataModule):
             raise ValueError(f"dataset must be 'builtin', 'voicebank' or 'dns', got {dataset!r}")
         if dataset != "builtin" and not root:
             raise ValueError(f"dataset {dataset!r} needs data.init_args.root (the folder that holds it)")
+        if dataset == "voicebank" and val_on_test and val_speakers:
+            raise ValueError(
+                f"val_on_test validates on the VoiceBank test set, but val_speakers={list(val_speakers)} also holds "
+                "speakers out for validation; set val_speakers: [] to train on all 28 speakers"
+            )
         self.save_hyperparameters()
-        self._splits: dict[str, Dataset] = {}
+        self._splits: dict[str, Dataset | None] = {}
 
-    def _build(self, split: str) -> Dataset:
+    def _build(self, split: str) -> Dataset | None:
         hp = self.hparams
-        chunk = hp.chunk_seconds if split == "train" else None
+        chunk = {"train": hp.chunk_seconds, "val": hp.val_chunk_seconds}.get(split)
+        if split == "val" and hp.val_on_test:
+            split = "test"  # the test files, read like validation ones (chunked when val_chunk_seconds is set)
+        elif split == "val" and hp.dataset == "voicebank" and not hp.val_speakers:
+            return None  # all speakers train and nothing is held out: no validation
         if hp.dataset == "builtin":
             n = {"train": hp.train_size, "val": hp.val_size, "test": hp.test_size}[split]
             return BuiltinSpeech(n, hp.data_seed, split, hp.seconds, tuple(hp.snr_db), chunk)
@@ -356,7 +378,7 @@ class SpeechData(pl.LightningDataModule):
         for split in wanted.get(stage or "fit", ("train", "val", "test")):
             if split not in self._splits:
                 data = self._build(split)
-                if split == "train" and self.hparams.fixed_batches:
+                if split == "train" and self.hparams.fixed_batches and data is not None:
                     order = list(range(len(data)))  # the sorted file list
                     random.Random(1234).shuffle(order)
                     data = _Reorder(data, order)
@@ -379,20 +401,22 @@ class SpeechData(pl.LightningDataModule):
                                rank=rank, world_size=world, drop_last=True)  # fmt: skip
         return ResumableDataLoader(
             data, batch_size=self.hparams.batch_size, sampler=sampler, collate_fn=collate_pairs,
-            num_workers=self.hparams.num_workers, progress=self._progress,
+            num_workers=self.hparams.num_workers, progress=self._progress, drop_last=self.hparams.drop_last,
         )  # fmt: skip
 
-    def _eval_loader(self, split: str) -> DataLoader:
+    def _eval_loader(self, split: str, batch_size: int) -> DataLoader:
         rank, world = self._rank_world()
         data = self._splits[split]
         sampler = EpochSampler(len(data), shuffle=False, rank=rank, world_size=world)
-        return DataLoader(data, batch_size=self.hparams.eval_batch_size, sampler=sampler, collate_fn=collate_pairs,
+        return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=collate_pairs,
                           num_workers=self.hparams.num_workers)  # fmt: skip
 
-    def val_dataloader(self) -> DataLoader:
-        """Whole validation utterances."""
-        return self._eval_loader("val")
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation utterances (whole, or ``val_chunk_seconds`` chunks); ``[]`` when there is no validation set."""
+        if self._splits.get("val") is None:
+            return []
+        return self._eval_loader("val", self.hparams.val_batch_size or self.hparams.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         """Whole test utterances."""
-        return self._eval_loader("test")
+        return self._eval_loader("test", self.hparams.eval_batch_size)

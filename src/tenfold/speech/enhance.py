@@ -24,15 +24,26 @@ from tenfold.speech.data import read_wav, resample
 from tenfold.speech.stft import STFTConfig, apply_scale, istft_decompress, stft_compress, variance_norm_scale
 from tenfold.speech.taylorsenet import TaylorSENet
 
-__all__ = ["EnhanceStats", "chunk_plan", "enhance_file", "enhance_waveform"]
+__all__ = ["MIN_CHUNK_SAMPLES", "EnhanceStats", "chunk_plan", "enhance_file", "enhance_waveform"]
 
 SAMPLE_RATE = 16000
+#: Shortest last chunk (0.1 s, 11 frames): a shorter tail is merged into the previous chunk, because the STFT needs
+#: more than 160 samples and instance norms over a handful of frames are unreliable.
+MIN_CHUNK_SAMPLES = SAMPLE_RATE // 10
 
 
-def chunk_plan(length: int, chunk: int, overlap: int) -> list[tuple[int, int]]:
+def chunk_plan(length: int, chunk: int, overlap: int, min_last: int = 1) -> list[tuple[int, int]]:
     """(start, end) sample ranges of overlapping chunks that cover ``length`` samples.
 
     Consecutive chunks overlap by exactly ``overlap`` samples; the last chunk is shortened to end at ``length``.
+    A last chunk shorter than ``min_last`` samples is merged into the previous one (which then ends at
+    ``length``, at most ``min_last - 1`` samples longer than ``chunk``), so no chunk is too short to enhance.
+
+    Args:
+        length: samples to cover.
+        chunk: chunk length in samples (the memory bound).
+        overlap: samples shared by consecutive chunks, in [0, chunk).
+        min_last: shortest acceptable last chunk in samples.
 
     Raises:
         ValueError: ``overlap`` not in [0, chunk).
@@ -43,7 +54,10 @@ def chunk_plan(length: int, chunk: int, overlap: int) -> list[tuple[int, int]]:
         return [(0, length)]
     hop = chunk - overlap
     n = math.ceil((length - overlap) / hop)
-    return [(k * hop, min(k * hop + chunk, length)) for k in range(n)]
+    plan = [(k * hop, min(k * hop + chunk, length)) for k in range(n)]
+    if len(plan) > 1 and plan[-1][1] - plan[-1][0] < min_last:
+        plan = [*plan[:-2], (plan[-2][0], length)]
+    return plan
 
 
 @torch.no_grad()
@@ -63,24 +77,37 @@ def enhance_waveform(
 ) -> Tensor:
     """Enhance one 16-kHz waveform (L,) in overlapping chunks; returns (L,).
 
+    A last chunk shorter than :data:`MIN_CHUNK_SAMPLES` is merged into the previous one, and a recording shorter
+    than the STFT's reflect padding allows (``n_fft // 2 + 1`` = 161 samples) is zero-padded to that length after
+    the variance normalisation, enhanced, and trimmed back, so any non-empty input works.
+
     Args:
         model: the network (its own device; the waveform is moved there).
         wave: mono waveform at 16 kHz.
         chunk_seconds: chunk length (the memory bound); a shorter recording is enhanced whole.
         overlap_seconds: overlap of consecutive chunks, cross-faded with sin^2/cos^2 ramps (they sum to 1).
-        power: compression exponent the model was trained with.
+        power: compression exponent the model was trained with (a tenfold checkpoint's ``power``
+            hyper-parameter; 0.5 for the official recipe).
 
     Raises:
-        ValueError: ``wave`` is not 1-D or the chunking arguments are inconsistent.
+        ValueError: ``wave`` is not 1-D or empty, or the chunking arguments are inconsistent.
     """
-    if wave.dim() != 1:
-        raise ValueError(f"wave must be a mono (L,) waveform, got shape {tuple(wave.shape)}")
+    if wave.dim() != 1 or wave.numel() == 0:
+        raise ValueError(f"wave must be a non-empty mono (L,) waveform, got shape {tuple(wave.shape)}")
     device = next(model.parameters()).device
     cfg = STFTConfig(power=power)
     chunk, overlap = round(chunk_seconds * SAMPLE_RATE), round(overlap_seconds * SAMPLE_RATE)
-    plan = chunk_plan(wave.numel(), chunk, overlap)
+    if chunk < MIN_CHUNK_SAMPLES:
+        raise ValueError(f"chunk_seconds must be >= {MIN_CHUNK_SAMPLES / SAMPLE_RATE} s, got {chunk_seconds}")
+    length = wave.numel()
+    plan = chunk_plan(length, chunk, overlap, min_last=MIN_CHUNK_SAMPLES)
     c = variance_norm_scale(wave[None].to(device))
     normed = apply_scale(wave[None].to(device), c)[0]
+    shortest = cfg.n_fft // 2 + 1  # centred STFT: reflect padding of n_fft // 2 needs a longer signal
+    if length < shortest:
+        padded = torch.nn.functional.pad(normed, (0, shortest - length))
+        out = _enhance_normalised(model, padded, cfg)[:length]
+        return apply_scale(out[None], c, inverse=True)[0].cpu()
     out = torch.zeros_like(normed)
     ramp = torch.sin(0.5 * math.pi * (torch.arange(overlap, device=device) + 0.5) / max(overlap, 1)) ** 2
     for i, (start, end) in enumerate(plan):
@@ -118,7 +145,8 @@ def enhance_file(
 ) -> EnhanceStats:
     """Enhance an audio file at any sample rate into ``out_path`` (same rate, channels averaged, same subtype).
 
-    The output is written atomically and never replaces an existing file.
+    The output is written atomically and never replaces an existing file. ``power`` is the compression exponent
+    the model was trained with (see :func:`enhance_waveform`).
 
     Raises:
         FileNotFoundError: the input does not exist.

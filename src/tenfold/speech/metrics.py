@@ -1,9 +1,12 @@
-"""Speech enhancement metrics: WB-PESQ, STOI, SI-SDR, segmental SNR and the composite CSIG/CBAK/COVL.
+"""Speech enhancement metrics: WB-PESQ, NB-PESQ, STOI, SI-SDR, segmental SNR and the composite CSIG/CBAK/COVL.
 
 Every function takes a clean reference and an estimate as (L,) or (B, L) tensors or arrays at ``fs`` Hz and returns
-one value per utterance, a (B,) float64 tensor. PESQ uses the ``pesq`` package (ITU-T P.862.2 wide band); STOI and
-SI-SDR come from torchmetrics (STOI wraps ``pystoi``). The composite measures follow Hu & Loizou, "Evaluation of
-objective quality measures for speech enhancement" (IEEE TASLP 2008), as in Loizou's ``composite.m``:
+one value per utterance, a (B,) float64 tensor. PESQ uses the ``pesq`` package (ITU-T P.862.2 wide band, and P.862
+narrow band mapped to MOS-LQO by P.862.1); STOI and SI-SDR come from torchmetrics (STOI wraps ``pystoi``). A silent
+(all-zero) reference or estimate raises ``ValueError``: every metric here is undefined or meaningless for it.
+
+The composite measures follow Hu & Loizou, "Evaluation of objective quality measures for speech enhancement" (IEEE
+TASLP 2008), as in Loizou's ``composite.m``:
 
 * LLR: log-likelihood ratio of LPC models (order 16 at 16 kHz) on 30-ms Hann frames with 75 % overlap;
 * WSS: Klatt's weighted spectral slope over 25 critical bands;
@@ -15,7 +18,9 @@ objective quality measures for speech enhancement" (IEEE TASLP 2008), as in Loiz
   COVL = 1.594 + 0.805 PESQ - 0.512 LLR - 0.007 WSS, each clipped to [1, 5].
 
 PESQ here is wide-band PESQ, as in the VoiceBank+DEMAND tables of recent papers (the original used raw narrow-band
-PESQ). PESQ needs speech-like activity with pauses: continuous tones or silence raise "no utterances detected".
+PESQ). The DNS-Challenge tables of the paper also report NB-PESQ (:func:`pesq_nb`). PESQ raises "no utterances
+detected" when its voice-activity detection finds no utterance in the audio, e.g. a lone 0.1-s burst in 3 s of
+silence; steady signals such as a 3-s 440 Hz tone are scored normally (4.644 against themselves).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ __all__ = [
     "METRICS",
     "SpeechMetrics",
     "composite",
+    "pesq_nb",
     "pesq_wb",
     "segmental_snr",
     "si_sdr",
@@ -40,7 +46,10 @@ __all__ = [
 ]
 
 #: Names accepted by :func:`speech_metrics` and :class:`SpeechMetrics`.
-METRICS = ("pesq", "stoi", "estoi", "si_sdr", "ssnr", "csig", "cbak", "covl")
+METRICS = ("pesq", "nb_pesq", "stoi", "estoi", "si_sdr", "ssnr", "csig", "cbak", "covl")
+
+#: Peak amplitude at or below which a signal counts as silent (-160 dBFS, far below 24-bit quantisation).
+SILENCE_PEAK = 1e-8
 
 
 def _as_batch(x: Any, name: str) -> np.ndarray:
@@ -60,9 +69,13 @@ def _pair(clean: Any, estimate: Any, min_len: int = 1) -> tuple[np.ndarray, np.n
         raise ValueError(f"clean and estimate must have the same shape, got {ref.shape} and {est.shape}")
     if ref.shape[1] < min_len:
         raise ValueError(f"utterances of {ref.shape[1]} samples are too short; need at least {min_len}")
-    silent = np.flatnonzero(np.abs(ref).max(axis=1) == 0)
-    if silent.size:
-        raise ValueError(f"clean utterance(s) {silent.tolist()} are silent (all zeros): the metric is undefined")
+    for name, arr in (("clean", ref), ("estimate", est)):
+        silent = np.flatnonzero(np.abs(arr).max(axis=1) <= SILENCE_PEAK)
+        if silent.size:
+            raise ValueError(
+                f"{name} utterance(s) {silent.tolist()} are silent (all zeros, peak <= {SILENCE_PEAK:g}): the "
+                "metric is undefined for silence"
+            )
     return ref, est
 
 
@@ -78,30 +91,55 @@ def pesq_wb(clean: Any, estimate: Any, fs: int = 16000) -> Tensor:
     """Wide-band PESQ (P.862.2, MOS-LQO in about [1.04, 4.64]) per utterance.
 
     Raises:
-        ValueError: ``fs`` is not 16 kHz, shapes differ, a reference is silent, or PESQ detects no utterance in a
-            signal (silence or audio without pauses, e.g. a continuous tone).
+        ValueError: ``fs`` is not 16 kHz, shapes differ, a reference or estimate is silent, or PESQ's
+            voice-activity detection finds no utterance in a signal (e.g. a lone short burst in silence).
     """
-    from pesq import NoUtterancesError, PesqError, pesq
-
     _check_rate(fs, (16000,), "wide-band PESQ")
     ref, est = _pair(clean, estimate, min_len=fs // 4)
-    silent = np.flatnonzero(np.abs(est).max(axis=1) == 0)
-    if silent.size:
-        raise ValueError(f"estimate(s) {silent.tolist()} are silent (all zeros): PESQ is undefined for silence")
+    return _pesq(ref, est, fs, "wb")
+
+
+def _pesq(ref: np.ndarray, est: np.ndarray, fs: int, mode: str) -> Tensor:
+    from pesq import NoUtterancesError, PesqError, pesq
+
     scores = []
     for i, (r, e) in enumerate(zip(ref, est, strict=True)):
         try:
-            scores.append(pesq(fs, r, e, "wb", on_error=PesqError.RAISE_EXCEPTION))
+            scores.append(pesq(fs, r, e, mode, on_error=PesqError.RAISE_EXCEPTION))
         except NoUtterancesError as err:
             raise ValueError(
-                f"PESQ found no utterance in item {i} ({err}); it needs speech-like activity with pauses, not "
-                "silence or a continuous signal"
+                f"PESQ found no utterance in item {i} ({err}): its voice-activity detection needs enough active "
+                "speech-like signal (a lone short burst in silence is not enough)"
             ) from None
     return torch.tensor(scores, dtype=torch.float64)
 
 
+def pesq_nb(clean: Any, estimate: Any, fs: int = 16000) -> Tensor:
+    """Narrow-band PESQ (P.862 mapped to MOS-LQO by P.862.1, in about [1.02, 4.55]) per utterance.
+
+    The DNS-Challenge tables of the paper report it next to WB-PESQ. P.862 takes 8 or 16 kHz audio directly (the
+    official ``cal_pesq`` scores 16-kHz audio with pypesq); other rates are resampled to 8 kHz first.
+
+    Raises:
+        ValueError: shapes differ, a reference or estimate is silent, or PESQ finds no utterance (as
+            :func:`pesq_wb`).
+    """
+    ref, est = _pair(clean, estimate, min_len=fs // 4)
+    if fs not in (8000, 16000):
+        from tenfold.speech.data import resample
+
+        ref, est = (resample(x, fs, 8000).double().numpy() for x in (ref, est))
+        fs = 8000
+    return _pesq(ref, est, fs, "nb")
+
+
 def stoi(clean: Any, estimate: Any, fs: int = 16000, extended: bool = False) -> Tensor:
-    """STOI (or extended STOI) in [0, 1] per utterance (``pystoi`` through torchmetrics; resamples to 10 kHz)."""
+    """STOI (or extended STOI) in [0, 1] per utterance (``pystoi`` through torchmetrics; resamples to 10 kHz).
+
+    Raises:
+        ValueError: ``fs`` below 8 kHz, shapes differ, or a reference or estimate is silent (pystoi would return a
+            meaningless score instead of failing).
+    """
     from torchmetrics.functional.audio import short_time_objective_intelligibility
 
     if fs < 8000:
@@ -112,7 +150,12 @@ def stoi(clean: Any, estimate: Any, fs: int = 16000, extended: bool = False) -> 
 
 
 def si_sdr(clean: Any, estimate: Any) -> Tensor:
-    """Scale-invariant SDR in dB (zero-mean, Le Roux et al. 2019) per utterance; invariant to scaling ``estimate``."""
+    """Scale-invariant SDR in dB (zero-mean, Le Roux et al. 2019) per utterance; invariant to scaling ``estimate``.
+
+    Raises:
+        ValueError: shapes differ, or a reference or estimate is silent (the ratio is undefined; torchmetrics'
+            epsilons would return a meaningless finite number).
+    """
     from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio
 
     ref, est = _pair(clean, estimate)
@@ -276,6 +319,8 @@ def speech_metrics(clean: Any, estimate: Any, fs: int = 16000, metrics: Sequence
         out.update({k: comp[k] for k in ("csig", "cbak", "covl", "pesq", "ssnr") if k in metrics})
     if "pesq" in metrics and "pesq" not in out:
         out["pesq"] = pesq_wb(clean, estimate, fs)
+    if "nb_pesq" in metrics:
+        out["nb_pesq"] = pesq_nb(clean, estimate, fs)
     if "stoi" in metrics:
         out["stoi"] = stoi(clean, estimate, fs)
     if "estoi" in metrics:

@@ -116,9 +116,18 @@ def compress(spec: Tensor, power: float, dim: int = 1) -> Tensor:
 
 
 def stft_compress(wave: Tensor, cfg: STFTConfig = STFTConfig()) -> Tensor:
-    """Compressed complex spectrum (B, 2, T, F) of waveforms (B, L), ``T = L // hop + 1``, ``F = n_fft // 2 + 1``."""
+    """Compressed complex spectrum (B, 2, T, F) of waveforms (B, L), ``T = L // hop + 1``, ``F = n_fft // 2 + 1``.
+
+    Raises:
+        ValueError: ``wave`` is not (B, L), or L <= ``n_fft // 2`` (the centred STFT's reflect padding needs more).
+    """
     if wave.dim() != 2:
         raise ValueError(f"wave must be (B, L), got shape {tuple(wave.shape)}")
+    if wave.shape[1] <= cfg.n_fft // 2:
+        raise ValueError(
+            f"waveforms of {wave.shape[1]} samples are too short for the centred STFT (reflect padding of "
+            f"{cfg.n_fft // 2}); need at least {cfg.n_fft // 2 + 1} samples (zero-pad them first)"
+        )
     window = torch.hann_window(cfg.win_length, device=wave.device, dtype=wave.dtype)
     spec = torch.stft(wave, cfg.n_fft, cfg.hop_length, cfg.win_length, window=window, return_complex=True)
     spec = torch.view_as_real(spec).permute(0, 3, 2, 1)  # (B, F, T, 2) -> (B, 2, T, F)

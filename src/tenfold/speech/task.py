@@ -188,15 +188,22 @@ class EnhancementTask(pl.LightningModule):
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
     ) -> None:
-        """Skip the update on a NaN/Inf gradient (grads set to None: Adam leaves those parameters alone), then clip."""
+        """Clip the global gradient norm, then skip the update if a gradient is NaN/Inf (the official order).
+
+        The total norm that the clip returns is non-finite exactly when some gradient is, so one reduction answers
+        both. A skipped update sets the gradients to None, so Adam leaves those parameters (and moments) alone.
+        """
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.hparams.skip_nonfinite and not all(torch.isfinite(p.grad).all() for p in params):
+        if not params:
+            return
+        if self.hparams.grad_clip > 0:
+            total = torch.nn.utils.clip_grad_norm_(params, self.hparams.grad_clip)
+        else:
+            total = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if self.hparams.skip_nonfinite and not torch.isfinite(total):
             for p in params:
                 p.grad = None
             self.log("train/skipped_step", 1.0, batch_size=1)
-            return
-        if self.hparams.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.hparams.grad_clip)
 
     def configure_optimizers(self) -> Any:  # noqa: D102
         return configure_optimizers(self, self.model, self.optim)

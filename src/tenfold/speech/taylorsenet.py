@@ -41,6 +41,7 @@ __all__ = [
     "checkpoint_filter_fn",
     "frequency_chain",
     "load_taylorsenet",
+    "load_taylorsenet_checkpoint",
 ]
 
 #: The paper / DNS configuration (``configs/train_config.toml`` of the official repository): 5,401,351 parameters.
@@ -513,7 +514,8 @@ class TaylorSENet(nn.Module):
         is_causal: causal S-TCN padding. The 2-D convolutions are always causal; instance norm over the whole
             utterance is not (see the docs).
         is_u2: U^2-Net encoder/decoder (paper) or the plain U-Net ablation.
-        is_param_share: one derivative operator for all orders.
+        is_param_share: one derivative operator for all orders (built even when ``order_num=0``, as officially,
+            although it is then unused: official state dicts of that configuration carry its weights).
         is_encoder_share: the high orders read the magnitude encoder's bottleneck instead of a separate complex
             encoder.
         official_in_eps_bug: keep the official instance norm (eps = 1, no affine); see :func:`make_norm`.
@@ -574,17 +576,27 @@ class TaylorSENet(nn.Module):
         if not is_encoder_share:
             encoder = U2Encoder(cin, k1, k2, c, intra_connect, norm) if is_u2 else UNetEncoder(cin, k1, c, norm)
             self.separate_en = encoder
-        n_blocks = min(1, order_num) if is_param_share else order_num
+        # the official code builds the shared block even for order_num=0, so such state dicts hold its keys
+        n_blocks = 1 if is_param_share else order_num
         self.highorderblock_list = nn.ModuleList(
             HighOrderBlock(kd1, cd1, d_feat, dilations, p, fft_num, is_causal, norm) for _ in range(n_blocks)
         )
 
     def forward_terms(self, spec: Tensor) -> TaylorOutput:
-        """All terms of the Taylor estimate of a compressed noisy spectrum (B, 2, T, F); see :class:`TaylorOutput`."""
+        """All terms of the Taylor estimate of a compressed noisy spectrum (B, 2, T, F); see :class:`TaylorOutput`.
+
+        Raises:
+            ValueError: ``spec`` is not (B, 2, T, F). A 3-D input is rejected: the official forward unsqueezes it to
+                (B, 1, T, F), which its complex encoder (2 input channels) cannot take either.
+        """
+        bins = self.fft_num // 2 + 1
         if spec.dim() == 3:
-            spec = spec.unsqueeze(1)
-        if spec.dim() != 4 or spec.shape[1] != 2 or spec.shape[-1] != self.fft_num // 2 + 1:
-            raise ValueError(f"expected a spectrum (B, 2, T, {self.fft_num // 2 + 1}), got shape {tuple(spec.shape)}")
+            raise ValueError(
+                f"expected a batched spectrum (B, 2, T, {bins}), got a 3-D tensor of shape {tuple(spec.shape)}; "
+                "add the batch dimension with spec[None]"
+            )
+        if spec.dim() != 4 or spec.shape[1] != 2 or spec.shape[-1] != bins:
+            raise ValueError(f"expected a spectrum (B, 2, T, {bins}), got shape {tuple(spec.shape)}")
         mag = torch.linalg.vector_norm(spec, dim=1)  # official torch.norm (no epsilon)
         phase = torch.atan2(spec[:, 1], spec[:, 0])
         gain, feat = self.zeroorderblock(mag)
@@ -680,13 +692,19 @@ def checkpoint_filter_fn(checkpoint: Any, model: nn.Module | None = None) -> dic
     return state
 
 
-def load_taylorsenet(path: str | Path, **kwargs: Any) -> TaylorSENet:
-    """Build a TaylorSENet and load weights from ``path`` with ``strict=True``.
+def load_taylorsenet_checkpoint(path: str | Path, **kwargs: Any) -> tuple[TaylorSENet, dict[str, Any]]:
+    """Build a TaylorSENet, load weights from ``path`` with ``strict=True``, and return the saved hyper-parameters.
+
+    The hyper-parameters of a tenfold training checkpoint include what inference must repeat, above all the
+    compression exponent ``power`` of the front end the model was trained with; official state dicts carry none.
 
     Args:
         path: a tenfold training checkpoint (its saved ``model_kwargs`` give the architecture) or an official
             state dict / solver checkpoint (then ``kwargs``, default the paper configuration, give it).
         **kwargs: architecture arguments (override a checkpoint's own).
+
+    Returns:
+        The model in eval mode, and the checkpoint's ``hyper_parameters`` ({} when it has none).
 
     Raises:
         FileNotFoundError: no such file.
@@ -696,9 +714,23 @@ def load_taylorsenet(path: str | Path, **kwargs: Any) -> TaylorSENet:
 
     checkpoint = load_checkpoint(path)
     arch = dict(PAPER_CONFIG)
+    hparams: dict[str, Any] = {}
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("hyper_parameters"), dict):
-        arch.update(checkpoint["hyper_parameters"].get("model_kwargs") or {})
+        hparams = dict(checkpoint["hyper_parameters"])
+        arch.update(hparams.get("model_kwargs") or {})
     arch.update(kwargs)
     model = TaylorSENet(**arch)
     load_state_dict_strict(model, checkpoint_filter_fn(checkpoint, model), source=str(path))
-    return model.eval()
+    return model.eval(), hparams
+
+
+def load_taylorsenet(path: str | Path, **kwargs: Any) -> TaylorSENet:
+    """Build a TaylorSENet and load weights from ``path`` with ``strict=True``.
+
+    :func:`load_taylorsenet_checkpoint` does the same and also returns the training hyper-parameters (``power``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the weights do not fit the architecture (missing/unexpected keys or wrong shapes listed).
+    """
+    return load_taylorsenet_checkpoint(path, **kwargs)[0]
