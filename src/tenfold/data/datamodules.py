@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tenfold.data.augment import CropFlip
-from tenfold.data.sampling import EpochSampler, ResumableDataLoader
+from tenfold.data.sampling import EpochSampler, ResumableDataLoader, TrainerPositionMixin
 
 __all__ = ["ClassificationData", "IndexedDataset"]
 
@@ -45,7 +45,7 @@ class IndexedDataset(Dataset):
         return image, label, index
 
 
-class ClassificationData(pl.LightningDataModule):
+class ClassificationData(TrainerPositionMixin, pl.LightningDataModule):
     """Image classification data: built-in scenes, digits, CIFAR-10/100 or an ImageFolder tree.
 
     Args:
@@ -207,15 +207,6 @@ class ClassificationData(pl.LightningDataModule):
                 self._splits[split] = IndexedDataset(self._build(split))
         if "train" in self._splits and self.augment == "crop_flip" and self._crop_flip is None:
             self._crop_flip = CropFlip(len(self._splits["train"]), padding=4, seed=self.shuffle_seed)
-
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
-    def _progress(self) -> tuple[int, int]:
-        trainer = self.trainer
-        assert trainer is not None
-        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> ResumableDataLoader:
         """Shuffled, rank-sharded, resumable loader of the training split."""

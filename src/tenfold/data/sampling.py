@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-__all__ = ["EpochSampler", "ResumableDataLoader"]
+__all__ = ["EpochSampler", "ResumableDataLoader", "TrainerPositionMixin"]
 
 
 class EpochSampler(Sampler[int]):
@@ -113,3 +113,22 @@ class ResumableDataLoader(DataLoader):
         """Make the next iteration continue where the saved run stopped."""
         assert self.batch_size is not None
         self.sampler.resume(state_dict["epoch"], state_dict["batches_done"] * self.batch_size)
+
+
+class TrainerPositionMixin:
+    """For data modules: this process's rank and world size, and the training position a resumable loader needs.
+
+    Mixed into a ``LightningDataModule`` (which provides ``self.trainer``); :class:`EpochSampler` shards with
+    :meth:`_rank_world`, and :class:`ResumableDataLoader` takes :meth:`_progress` to resume inside an epoch.
+    """
+
+    trainer: Any
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _progress(self) -> tuple[int, int]:
+        trainer = self.trainer
+        assert trainer is not None
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from tenfold.data.sampling import EpochSampler, ResumableDataLoader
+from tenfold.data.sampling import EpochSampler, ResumableDataLoader, TrainerPositionMixin
 from tenfold.speech.stft import apply_scale, variance_norm_scale
 
 __all__ = [
@@ -271,7 +271,7 @@ class _Reorder(Dataset):
         return self.dataset[self.order[index]]
 
 
-class SpeechData(pl.LightningDataModule):
+class SpeechData(TrainerPositionMixin, pl.LightningDataModule):
     """Speech enhancement data module: built-in noisy speech, VoiceBank+DEMAND or a DNS-style folder tree.
 
     Args:
@@ -383,15 +383,6 @@ class SpeechData(pl.LightningDataModule):
                     random.Random(1234).shuffle(order)
                     data = _Reorder(data, order)
                 self._splits[split] = data
-
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
-    def _progress(self) -> tuple[int, int]:
-        trainer = self.trainer
-        assert trainer is not None
-        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> ResumableDataLoader:
         """Training loader: fixed official minibatches, or a seeded new order each epoch; rank-sharded, resumable."""
