@@ -27,6 +27,27 @@ def test_unknown_key_on_command_line(capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()  # no run folder, no work
 
 
+@pytest.mark.parametrize(
+    ("override", "suggested"),
+    [
+        (["--model.lrr", "0.1"], "did you mean --model.optim.lr?"),  # a nested dataclass key, by its last segment
+        (["--model.init_args.optim.lrr", "0.1"], "did you mean --model.optim.lr?"),
+        (["--trainer.max_epochz", "3"], "did you mean --trainer.max_epochs"),  # unknown to every parser level
+        (["--data.init_args.batchsize", "3"], "did you mean --data.batch_size"),
+    ],
+)
+def test_a_typo_prints_the_error_and_the_closest_keys_not_the_usage(capsys, tmp_path, monkeypatch, override, suggested):
+    err = _fails(capsys, ["fit", "--config", str(TINY), *override], tmp_path, monkeypatch)
+    assert suggested in err, err
+    assert "usage:" not in err and len(err.strip().splitlines()) == 2, err  # the error line and the --help tip
+    assert "tenfold fit --help" in err
+
+
+def test_a_wrong_type_is_one_line_naming_key_type_and_value(capsys, tmp_path, monkeypatch):
+    err = _fails(capsys, ["fit", "--config", str(TINY), "--trainer.max_epochs", "three"], tmp_path, monkeypatch)
+    assert err.splitlines()[0] == "tenfold fit: error: --trainer.max_epochs: Expected a <class 'int'>; got 'three'"
+
+
 def test_unknown_key_in_recipe(capsys, tmp_path, monkeypatch):
     recipe = TINY.read_text().replace("batch_size: 64", "batchsize: 64")
     path = tmp_path / "typo.yaml"

@@ -7,14 +7,21 @@ What this adds to LightningCLI:
 * checkpoints every ``--checkpoint.every_n_train_steps`` steps and at the end, written atomically and read back
   with ``weights_only=True``;
 * CSV and TensorBoard logs in ``<run>/logs/version_N``, ``<run>/metrics.json`` with the final metrics;
-* recipe errors (unknown keys, wrong types) stop the run before any work, naming the key (jsonargparse).
+* recipe errors (unknown keys, wrong types) stop the run before any work with a short message that names the key
+  and suggests the closest valid ones (``did you mean --model.optim.lr?``) instead of the full usage text.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import importlib
+import inspect
 import os
+import re
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, get_args, get_origin
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -38,6 +45,110 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
+class TenfoldArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser with short errors: the problem, the closest valid keys and the ``--help`` tip.
+
+    jsonargparse prints the whole usage (about 70 lines for a recipe) and a nested union trace before the one line
+    that matters; users of git and pip expect ``error: ... did you mean ...?``.
+    """
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:  # noqa: D102
+        if not self.exit_on_error or os.environ.get("TENFOLD_DEBUG"):
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"{prog}: error: {short_parse_error(message, parser)}\n")
+        sys.stderr.write(f"tip: `{prog} --help` lists every accepted key\n")
+        self.exit(2)
+
+
+_STRUCTURE = re.compile(
+    r"^(- )?(Does not validate against any|Subtypes:|Errors:|Problem with given class_path"
+    r"|Expected a <class 'NoneType'>|Given value type:|Given value:|Parser key )"
+)
+
+
+def short_parse_error(message: str, parser: Any) -> str:
+    """One line (plus suggestions) for a jsonargparse error ``message``: the offending key and the innermost reason.
+
+    Nested union errors (``--model.optim.lrr``) are unwound to the class that refused the key; an unknown option
+    gets up to three close matches among the keys that class (or ``parser``) accepts.
+    """
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    keys = [m.group(1) for line in lines if (m := re.match(r'^Parser key "([^"]+)":', line))]
+    classes = [m.group(1) for line in lines if (m := re.search(r"class_path '([\w.]+)'", line))]
+    reasons = [line.removeprefix("- ") for line in lines if not _STRUCTURE.match(line)]
+    given = next((m.group(1) for line in lines if (m := re.match(r"^Given value: (.*)", line))), None)
+    unknown = re.match(r"^unrecognized arguments: (\S+)", lines[0]) if lines else None
+    if unknown:  # a key no parser level knows: compare with the subcommand's own options
+        options = [opt for action in parser._actions for opt in action.option_strings if opt.startswith("--")]
+        return _with_suggestions(f"unknown option {unknown.group(1)}", unknown.group(1), options)
+    if not keys or not reasons:
+        return message
+    prefix = "--" + ".".join(keys)
+    reason = reasons[0]
+    refused = re.match(r"^Option '([^']+)' is not accepted", reason)
+    if refused and classes:
+        name = refused.group(1)
+        accepted = [f"{prefix}.{key}" for key in accepted_keys(classes[-1])]
+        return _with_suggestions(f"{prefix}.{name}: not an option of {classes[-1]}", f"{prefix}.{name}", accepted)
+    if given is not None and "Got value" not in reason and not given.startswith("NestedArg("):
+        reason += f"; got {given!r}"
+    return f"{prefix}: {reason}"
+
+
+def _with_suggestions(text: str, wrong: str, candidates: list[str]) -> str:
+    # the last segment decides (lrr -> optim.lr, max_epochz -> max_epochs); the whole key only when no segment is
+    # close (modle.lr -> model), since a shared prefix makes every key of a group look alike
+    leaf = wrong.rsplit(".", 1)[-1]
+    by_leaf = {c: c.rsplit(".", 1)[-1] for c in candidates}
+    best = difflib.get_close_matches(leaf, list(set(by_leaf.values())), n=2, cutoff=0.7)
+    close = [c for c in candidates if by_leaf[c] in best]
+    close.sort(key=lambda c: (best.index(by_leaf[c]), len(c)))
+    if not close:
+        close = difflib.get_close_matches(wrong, candidates, n=2, cutoff=0.7)
+    return f"{text}; did you mean {' or '.join(close[:3])}?" if close else text
+
+
+def accepted_keys(class_path: str) -> list[str]:
+    """Dotted keys a LightningCLI ``init_args`` block of ``class_path`` accepts, nested dataclasses expanded."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return []
+    return _keys_of(cls)
+
+
+def _keys_of(cls: Any, prefix: str = "", depth: int = 0) -> list[str]:
+    if dataclasses.is_dataclass(cls):
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        hints = _type_hints(cls)
+    else:
+        params = inspect.signature(cls).parameters.values()
+        fields = {p.name: p.annotation for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        hints = _type_hints(cls.__init__)
+    keys = []
+    for field in fields:
+        keys.append(prefix + field)
+        hint = hints.get(field)
+        nested = [
+            t for t in (get_args(hint) if get_origin(hint) is not None else (hint,)) if dataclasses.is_dataclass(t)
+        ]
+        if nested and depth < 2:
+            keys += _keys_of(nested[0], f"{prefix}{field}.", depth + 1)
+    return keys
+
+
+def _type_hints(obj: Any) -> dict[str, Any]:
+    try:
+        import typing
+
+        return typing.get_type_hints(obj)
+    except Exception:  # unresolvable forward references: suggestions then skip nested keys
+        return {}
+
+
 class TenfoldCLI(LightningCLI):
     """LightningCLI with run folders, safe atomic checkpoints, exact resume and default loggers."""
 
@@ -49,6 +160,8 @@ class TenfoldCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             trainer_defaults=TRAINER_DEFAULTS,
+            parser_class=TenfoldArgumentParser,
+            parser_kwargs={"prog": "tenfold", **kwargs.pop("parser_kwargs", {})},
             seed_everything_default=0,
             save_config_kwargs={"overwrite": False},
             auto_configure_optimizers=False,
