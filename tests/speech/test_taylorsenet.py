@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from parity import assert_float32_close, assert_matches_official
 
 from tenfold.speech.stft import (
     STFTConfig,
@@ -56,15 +57,25 @@ def ref():
     return torch.load(FIXTURE, weights_only=True)
 
 
-def _batch(ref):
-    noisy = torch.nn.utils.rnn.pad_sequence(ref["inputs"]["noisy"], batch_first=True)
-    clean = torch.nn.utils.rnn.pad_sequence(ref["inputs"]["clean"], batch_first=True)
+def _batch(ref, dtype=torch.float64):
+    """The fixture's padded batch (B, L) in ``dtype`` (the recorded waveforms are float32; the cast is exact)."""
+    noisy = torch.nn.utils.rnn.pad_sequence(ref["inputs"]["noisy"], batch_first=True).to(dtype)
+    clean = torch.nn.utils.rnn.pad_sequence(ref["inputs"]["clean"], batch_first=True).to(dtype)
     lengths = torch.tensor([len(x) for x in ref["inputs"]["noisy"]])
     return noisy, clean, lengths
 
 
-def _close(actual, expected, tol=1e-4):
-    torch.testing.assert_close(actual, expected, atol=tol, rtol=tol)
+def _front_end(ref, dtype=torch.float64):
+    """Variance normalisation and compressed spectra of the fixture's batch, as the official solver prepares it."""
+    noisy, clean, lengths = _batch(ref, dtype)
+    c = variance_norm_scale(noisy, lengths)
+    return noisy, lengths, c, stft_compress(apply_scale(noisy, c)), stft_compress(apply_scale(clean, c))
+
+
+def _enhanced_wave(out, noisy, lengths, c):
+    """Decompress, iSTFT to the padded length, mask the padding, undo the normalisation (solver + decode)."""
+    mask = torch.arange(noisy.shape[1]) < lengths[:, None]
+    return apply_scale(istft_decompress(out, noisy.shape[1]) * mask, c, inverse=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -100,56 +111,79 @@ def test_ablation_parameter_counts_match_the_spec(kwargs, expected):
 
 
 def test_official_parity_paper_config(ref):
+    """Float64 run vs the float64 recording of the official code: every intermediate the fixture holds."""
     r = ref["paper"]
-    noisy, clean, lengths = _batch(ref)
-    c = variance_norm_scale(noisy, lengths)
-    torch.testing.assert_close(c, r["c"], atol=1e-9, rtol=1e-9)
-    spec = stft_compress(apply_scale(noisy, c))
-    target = stft_compress(apply_scale(clean, c))
-    _close(spec, r["spec_in"], 1e-5)
-    _close(target, r["spec_target"], 1e-5)
-    model = seeded_model()
+    noisy, lengths, c, spec, target = _front_end(ref)
+    assert spec.dtype == target.dtype == torch.float64
+    assert_matches_official(c, r["c"], what="paper c")
+    assert_matches_official(spec, r["spec_in"], what="paper spec_in")
+    assert_matches_official(target, r["spec_target"], what="paper spec_target")
+    assert torch.equal(frame_counts(lengths), r["frames"])
+    model = seeded_model().double()
     with torch.no_grad():
         out = model.forward_terms(spec)
         loss = ComMagEuclideanLoss(0.5, "L2")(out.out, target, frame_counts(lengths))
         gain, mag_feature = model.zeroorderblock(torch.linalg.vector_norm(spec, dim=1))
         sep_feature = model.separate_en(spec)[0]
-    _close(out.gain, r["gain"])
-    _close(gain, r["gain"])
-    _close(mag_feature, r["mag_feature"])
-    _close(sep_feature, r["sep_feature"])
-    _close(out.zero_term, r["zero_term"])
+        # each derivative operator D_k alone, on the official inputs (E flattened as (B, 64 * 4, T), U_{k-1})
+        b, ch, t, f = r["sep_feature"].shape
+        feat = r["sep_feature"].transpose(-2, -1).reshape(b, ch * f, t)
+        prevs = [r["zero_term"], *r["terms"][:-1]]
+        block_out = [blk(feat, prev) for blk, prev in zip(model.highorderblock_list, prevs, strict=True)]
+    assert_matches_official(out.gain, r["gain"], what="paper gain (forward_terms)")
+    assert_matches_official(gain, r["gain"], what="paper gain (zeroorderblock)")
+    assert_matches_official(mag_feature, r["mag_feature"], what="paper mag_feature")
+    assert_matches_official(sep_feature, r["sep_feature"], what="paper sep_feature")
+    assert_matches_official(out.zero_term, r["zero_term"], what="paper zero_term")
+    assert_matches_official(torch.stack(block_out), r["block_out"], what="paper block_out")
     assert len(out.terms) == 3
-    _close(torch.stack(out.terms), r["terms"])
-    _close(out.out, r["out"])
-    _close(loss, r["loss"])
-    assert torch.equal(frame_counts(lengths), r["frames"])
-    mask = torch.arange(noisy.shape[1]) < lengths[:, None]
-    wave = apply_scale(istft_decompress(out.out, noisy.shape[1]) * mask, c, inverse=True)
-    _close(wave, r["wave"], 1e-3)
+    assert_matches_official(torch.stack(out.terms), r["terms"], what="paper terms")
+    assert_matches_official(out.out, r["out"], what="paper out")
+    assert_matches_official(loss, r["loss"], what="paper loss")
+    assert_matches_official(_enhanced_wave(out.out, noisy, lengths, c), r["wave"], what="paper wave")
+
+
+def test_official_parity_paper_config_float32_run(ref):
+    """The float32 path (what training and inference use) against the float64 official recording.
+
+    Depth (parity.assert_float32_close): the longest chain of dependent layers of the paper configuration is
+    magnitude U^2-encoder 25 (four RELs of 1 + 2 * scale layers, scales 4, 3, 2, 1, and the last gated conv) + two
+    TCM lists of 4 S-TCNs x 3 convolutions = 24 + U^2-decoder 26 (RDLs of scales 1..4 and the gated deconv + 1x1
+    head) = 75 for T0, then three derivative operators of 1 + 24 + 1 layers in sequence = 78: 153 layers, plus the
+    compressed STFT in front (154, the network output) and the decompressed iSTFT behind (155, the waveform).
+    """
+    r = ref["paper"]
+    noisy, lengths, c, spec, _ = _front_end(ref, torch.float32)
+    assert spec.dtype == torch.float32
+    with torch.no_grad():
+        out = seeded_model()(spec)
+    wave = _enhanced_wave(out, noisy, lengths, c)
+    assert out.dtype == wave.dtype == torch.float32
+    assert_float32_close(out, r["out"], depth=154, what="paper out (float32 run)")
+    assert_float32_close(wave, r["wave"], depth=155, what="paper wave (float32 run)")
 
 
 def test_official_parity_variant_branches(ref):
-    """Encoder sharing, parameter sharing, non-causal S-TCN, 'add' connections, 2 orders, small widths."""
+    """Encoder sharing, parameter sharing, non-causal S-TCN, 'add' connections, 2 orders, small widths (float64)."""
     r = ref["variant"]
-    noisy, clean, lengths = _batch(ref)
-    c = variance_norm_scale(noisy, lengths)
-    spec, target = stft_compress(apply_scale(noisy, c)), stft_compress(apply_scale(clean, c))
-    model = seeded_model(**r["kwargs"])
+    noisy, lengths, c, spec, target = _front_end(ref)
+    model = seeded_model(**r["kwargs"]).double()
     assert sum(p.numel() for p in model.parameters()) == r["num_params"]
     assert not hasattr(model, "separate_en") and len(model.highorderblock_list) == 1
     with torch.no_grad():
         out = model.forward_terms(spec)
-    _close(out.gain, r["gain"])
-    _close(torch.stack(out.terms), r["terms"])
-    _close(out.out, r["out"])
-    _close(ComMagEuclideanLoss()(out.out, target, frame_counts(lengths)), r["loss"])
+    assert_matches_official(out.gain, r["gain"], what="variant gain")
+    assert_matches_official(torch.stack(out.terms), r["terms"], what="variant terms")
+    assert_matches_official(out.out, r["out"], what="variant out")
+    loss = ComMagEuclideanLoss()(out.out, target, frame_counts(lengths))
+    assert_matches_official(loss, r["loss"], what="variant loss")
+    assert_matches_official(_enhanced_wave(out.out, noisy, lengths, c), r["wave"], what="variant wave")
 
 
 def test_official_weights_load_strictly_from_each_format(tmp_path, ref):
     model = seeded_model()
     state = model.state_dict()
-    spec = ref["paper"]["spec_in"][:1, :, :8]
+    spec = ref["paper"]["spec_in"][:1, :, :8].float()
     with torch.no_grad():
         expected = model(spec)
     formats = {
