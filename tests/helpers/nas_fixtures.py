@@ -38,9 +38,11 @@ def tables() -> Path:
 class FakeChatServer:
     """A chat-completions endpoint that answers from a script, one step per request.
 
-    A step is a dict: ``{"reply": text}``, ``{"status": 500}`` (an HTTP error with a JSON error body), or
-    ``{"delay": seconds, "reply": text}`` (answers late, to provoke a client timeout). Every request is recorded
-    with its headers and JSON body.
+    A step is a dict: ``{"reply": text}``, ``{"status": 500}`` (an HTTP error with a JSON error body),
+    ``{"delay": seconds, "reply": text}`` (answers late, to provoke a client timeout), ``{"reply": None}`` (a
+    completion whose message content is null), or ``{"body": text, "content_type": ...}`` (HTTP 200 with that raw
+    body, e.g. a proxy's HTML page or JSON of another shape). Every request is recorded with its headers and JSON
+    body.
     """
 
     def __init__(self, script: list[dict[str, Any]]) -> None:
@@ -64,7 +66,10 @@ class FakeChatServer:
                     step = {"status": 404}
                 if "delay" in step:
                     time.sleep(step["delay"])
-                if "status" in step:
+                content_type = step.get("content_type", "application/json")
+                if "body" in step:
+                    payload, code = step["body"].encode(), 200
+                elif "status" in step:
                     payload = json.dumps({"error": {"message": "scripted failure", "type": "server_error"}}).encode()
                     code = step["status"]
                 else:
@@ -79,7 +84,7 @@ class FakeChatServer:
                     code = 200
                 try:
                     self.send_response(code)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)

@@ -192,6 +192,31 @@ def test_http_errors_that_retrying_cannot_fix(chat_server):
         assert [e["attempt"] for e in events] == [1, 2, 3] and events[-1]["retry_in_s"] is None
 
 
+BAD_200 = {
+    "html": {
+        "body": "<!DOCTYPE html><html><body><h1>Sign in to continue</h1></body></html>",
+        "content_type": "text/html",
+    },
+    "json_without_choices": {"body": json.dumps({"status": "ok", "detail": "proxy is up"})},
+    "null_content": {"reply": None},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_200))
+def test_a_bad_http_200_reply_is_retried_and_recorded(chat_server, kind):
+    with chat_server([BAD_200[kind], {"reply": "[1, 2]"}]) as server:
+        chat = OpenAIChat("m", base_url=server.base_url, timeout=2, retries=1, backoff_s=0)
+        events = []
+        reply = chat.complete([{"role": "user", "content": "hi"}], on_error=events.append)
+        assert reply.content == "[1, 2]" and len(server.requests) == 2
+    expected = {"html": "not JSON", "json_without_choices": "no 'choices'", "null_content": "content is null"}[kind]
+    assert len(events) == 1 and expected in events[0]["error"] and events[0]["retry_in_s"] == 0, events
+    with chat_server([BAD_200[kind]] * 2) as server:
+        chat = OpenAIChat("m", base_url=server.base_url, timeout=2, retries=1, backoff_s=0)
+        with pytest.raises(ChatError, match=f"after 2 attempts; last error: .*{expected}"):
+            chat.complete([{"role": "user", "content": "hi"}])
+
+
 @pytest.mark.parametrize(
     ("space_name", "reply", "expected"),
     [

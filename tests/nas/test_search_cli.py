@@ -225,6 +225,22 @@ def test_endpoint_failure_keeps_finished_trials_and_resumes(tables, chat_server,
     assert [[r["key"] for r in t["records"]] for t in data["results"]["ginas"]] == [["1111111"], ["2111111"]]
 
 
+def test_an_html_page_for_a_reply_keeps_finished_trials_and_offers_resume(tables, chat_server, tmp_path, capsys):
+    # a proxy or login wall answering HTTP 200 with HTML: the openai client returns the raw text, not a completion
+    out = tmp_path / "run"
+    html = {"body": "<!DOCTYPE html><html><body>Sign in</body></html>", "content_type": "text/html"}
+    with chat_server([{"reply": "[64, 64, 64, 128, 128, 128, 128]"}, html, html]) as server:
+        code = search_main(_ginas_args(tables, out, server.base_url, "--optimizer", "ginas", "--budget", "1",
+                                       "--trials", "2", "--retries", "1"))  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not JSON" in err and "Sign in" in err and "--resume" in err, err
+    data = json.loads((out / "results.json").read_text())
+    assert [[r["key"] for r in t["records"]] for t in data["results"]["ginas"]] == [["1111111"]]
+    errors = [r for r in Transcript.read(out / "transcripts" / "trial-001.jsonl") if "not JSON" in json.dumps(r)]
+    assert errors, "the failed attempts are recorded in the trial's transcript"
+
+
 def test_rank_mode_option(tables, chat_server, tmp_path):
     for mode, rank in (("official", 33), ("competition", 32)):
         out = tmp_path / mode

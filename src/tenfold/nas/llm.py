@@ -97,8 +97,10 @@ class OpenAIChat(ChatBackend):
             variable is unset a placeholder is sent.
         temperature: sampling temperature (the paper uses 0, and 1 in one ablation).
         timeout: seconds to wait for one reply before the attempt counts as failed.
-        retries: further attempts after a timeout, a connection error, HTTP 429 or HTTP 5xx. Other HTTP errors
-            (400, 401, 404...) fail at once: retrying cannot fix them.
+        retries: further attempts after a timeout, a connection error, HTTP 429 or HTTP 5xx, or an HTTP-200 answer
+            that is not a usable chat completion (a non-JSON body such as a proxy's HTML page, JSON without
+            ``choices``, a null message content). Other HTTP errors (400, 401, 404...) fail at once: retrying
+            cannot fix them.
         backoff_s: wait before the first retry, in seconds; it doubles at every retry (exponential backoff).
         backoff_max_s: longest wait between two attempts, in seconds.
         max_tokens: optional cap on the reply length.
@@ -166,7 +168,7 @@ class OpenAIChat(ChatBackend):
         return text
 
     def complete(self, messages: list[Message], on_error: Callable[[dict[str, Any]], None] | None = None) -> ChatReply:
-        """Ask the endpoint, retrying timeouts, connection errors, 429 and 5xx with exponential backoff."""
+        """Ask the endpoint, retrying timeouts, connection errors, 429, 5xx and bad 200 bodies with backoff."""
         import openai
 
         request: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.temperature, "n": 1}
@@ -188,11 +190,10 @@ class OpenAIChat(ChatBackend):
             except openai.APIConnectionError as err:
                 last = f"connection failed: {self._redact(str(err))[:300]}"
             else:
-                if not response.choices:
-                    last = "the reply has no choices"
-                else:
-                    usage = response.usage.model_dump() if getattr(response, "usage", None) else None
-                    return ChatReply(response.choices[0].message.content or "", usage, getattr(response, "model", None))
+                reply, last = _chat_reply(response)
+                if reply is not None:
+                    return reply
+                last = self._redact(last)
             retry = attempt < self.retries
             wait = min(self.backoff_s * 2**attempt, self.backoff_max_s) if retry else 0.0
             if on_error is not None:
@@ -200,6 +201,28 @@ class OpenAIChat(ChatBackend):
             if retry:
                 time.sleep(wait)
         raise ChatError(f"{where} gave no usable reply after {self.retries + 1} attempts; last error: {last}")
+
+
+def _chat_reply(response: Any) -> tuple[ChatReply | None, str]:
+    """The reply in an HTTP-200 answer, or None and why it is unusable.
+
+    The ``openai`` client hands back the raw body (a ``str``) when it is not JSON (an HTML page from a proxy or a
+    login wall), and a model object without ``choices`` for JSON of another shape; a message whose content is
+    null (a refusal, a tool call) holds no text to parse either. Each is a bad reply: retried like a 5xx.
+    """
+    if isinstance(response, str | bytes):
+        text = response.decode(errors="replace") if isinstance(response, bytes) else response
+        return None, f"HTTP 200 with a body that is not a chat completion (not JSON): {' '.join(text.split())[:200]!r}"
+    choices = getattr(response, "choices", None)
+    if not choices:
+        return None, "HTTP 200 with a JSON body that has no 'choices' (not a chat-completions response)"
+    message = getattr(choices[0], "message", None)
+    content = getattr(message, "content", None)
+    if not isinstance(content, str):
+        reason = getattr(message, "refusal", None) or getattr(choices[0], "finish_reason", None)
+        return None, f"the reply's message has no text content (content is null; {reason or 'no reason given'})"
+    usage = response.usage.model_dump() if getattr(response, "usage", None) else None
+    return ChatReply(content, usage, getattr(response, "model", None)), ""
 
 
 def chat_from_env(environ: dict[str, str] | None = None, **overrides: Any) -> OpenAIChat | None:
