@@ -1,4 +1,9 @@
-"""GreenMIM against the official code's stored outputs, checkpoint loading, and equality with timm's dense Swin."""
+"""GreenMIM against the official code's stored outputs, checkpoint loading, and equality with timm's dense Swin.
+
+The official outputs are float64 recordings (tests/fixtures/greenmim/README.md): our float64 runs are compared with
+``assert_matches_official`` (1e-10 of each tensor's scale), and one float32 run with ``assert_float32_close``
+(tests/helpers/parity.py).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from parity import assert_float32_close, assert_matches_official
 
 from tenfold.mim.convert import (
     checkpoint_filter_fn,
@@ -128,27 +134,51 @@ def _official_checkpoint(model: GreenMIM) -> dict:
     }
 
 
-def _inputs(meta: dict, num_units: int):
+def _inputs(meta: dict, num_units: int, dtype: torch.dtype = torch.float32):
+    """The recorded inputs: images drawn in float32 and cast (as the recording did), the mask from float32 noise."""
     g = torch.Generator().manual_seed(meta["image_seed"])
     size = meta["config"]["img_size"]
-    imgs = torch.randn(meta["batch"], 3, size, size, generator=g)
+    imgs = torch.randn(meta["batch"], 3, size, size, generator=g).to(dtype)
     noise = torch.rand(1, num_units, generator=torch.Generator().manual_seed(meta["noise_seed"]))
     return imgs, mask_from_noise(noise, meta["ratio"], meta["batch"])
 
 
+def _seeded_model(tag: str, dtype: torch.dtype = torch.float64, **kw) -> GreenMIM:
+    """The fixture case's model with the key-seeded float32 weights, cast to ``dtype`` (the recording's path)."""
+    meta = CASES[tag]
+    model = _model(meta["config"], meta["ratio"], **kw)
+    load_official(_official_checkpoint(model), model, released_channel_order="/rowfirst/" in tag)
+    return model.to(dtype)
+
+
+def _refs(tag: str, *names: str) -> dict:
+    return {name: REFS[f"{tag}/{name}"] for name in names}
+
+
 @pytest.mark.parametrize("tag", [t for t in CASES if "/swin/" in t])
 def test_encoder_prediction_loss_equal_official(tag, one_thread):
-    meta = CASES[tag]
-    model = _model(meta["config"], meta["ratio"])
-    load_official(_official_checkpoint(model), model)
-    imgs, um = _inputs(meta, model.num_units)
+    model = _seeded_model(tag)
+    imgs, um = _inputs(CASES[tag], model.num_units, torch.float64)
     assert torch.equal(um.mask[:1], REFS[f"{tag}/mask"])
     with torch.no_grad():
         out = model(imgs, um)
         latent = model.encoder(imgs, um.mask)
-    torch.testing.assert_close(latent, REFS[f"{tag}/latent"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.pred, REFS[f"{tag}/pred"], atol=1e-4, rtol=0)
-    torch.testing.assert_close(out.loss.reshape(1), REFS[f"{tag}/loss"], atol=1e-5, rtol=0)
+    ours = {"latent": latent, "pred": out.pred, "loss": out.loss.reshape(1)}
+    assert_matches_official(ours, _refs(tag, "latent", "pred", "loss"), what=tag)
+
+
+def test_float32_encoder_close_to_official(one_thread):
+    """The one float32 check: our float32 encoder against the float64 recording. Depth 12 = the dependent
+    rounding steps of tiny_w3's encoder: patch embedding + LayerNorm (1), 7 Swin blocks (7), 3 patch merges (3),
+    the final LayerNorm (1); each step's own dot products (at most 4C = 512 terms here) are covered by the
+    helper's safety factor. Measured: 5.3e-7 of the scale, bound 2.3e-5."""
+    tag = "tiny_w3/swin/101"
+    model = _seeded_model(tag, torch.float32)
+    imgs, um = _inputs(CASES[tag], model.num_units, torch.float32)
+    with torch.no_grad():
+        latent = model.encoder(imgs, um.mask)
+    assert latent.dtype == torch.float32
+    assert_float32_close(latent, REFS[f"{tag}/latent"], depth=12, what=f"{tag} latent (float32 run)")
 
 
 @pytest.mark.parametrize("tag", [t for t in CASES if "/rowfirst/" in t])
@@ -156,10 +186,11 @@ def test_released_channel_order_reproduces_pre_b981012_code(tag, one_thread):
     meta = CASES[tag]
     model = _model(meta["config"], meta["ratio"])
     ckpt = _official_checkpoint(model)
-    imgs, um = _inputs(meta, model.num_units)
+    imgs, um = _inputs(meta, model.num_units, torch.float64)
     load_official(ckpt, model, released_channel_order=True)
+    model.double()
     with torch.no_grad():
-        torch.testing.assert_close(model.encoder(imgs, um.mask), REFS[f"{tag}/latent"], atol=1e-5, rtol=0)
+        assert_matches_official(model.encoder(imgs, um.mask), REFS[f"{tag}/latent"], what=f"{tag} latent")
         load_official(ckpt, model, released_channel_order=False)  # without the swap the function differs
         assert (model.encoder(imgs, um.mask) - REFS[f"{tag}/latent"]).abs().max() > 1e-2
 
@@ -419,15 +450,12 @@ def test_parameter_counts_match_the_spec():
 
 
 def test_group_size_rule_and_attention_kernel_do_not_change_the_encoder(one_thread):
-    """The searched group size packs differently and the explicit softmax is another kernel: same function."""
-    meta = CASES["swinb_struct_w7/swin/201"]
-    outs = []
-    for kw in ({}, {"group_size_rule": "search"}, {"fused_attn": False}):
-        model = _model(meta["config"], meta["ratio"], **kw)
-        load_official(_official_checkpoint(model), model)
-        imgs, um = _inputs(meta, model.num_units)
+    """The searched group size packs differently and the explicit softmax is another kernel: both still compute the
+    official encoder (the default path is compared in ``test_encoder_prediction_loss_equal_official``)."""
+    tag = "swinb_struct_w7/swin/201"
+    for kw in ({"group_size_rule": "search"}, {"fused_attn": False}):
+        model = _seeded_model(tag, **kw)
+        imgs, um = _inputs(CASES[tag], model.num_units, torch.float64)
         with torch.no_grad():
-            outs.append(model.encoder(imgs, um.mask))
-    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(outs[2], outs[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(outs[1], REFS["swinb_struct_w7/swin/201/latent"], atol=1e-5, rtol=0)
+            latent = model.encoder(imgs, um.mask)
+        assert_matches_official(latent, REFS[f"{tag}/latent"], what=f"{tag} latent with {kw}")

@@ -916,16 +916,19 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> Tensor:
     """
     if embed_dim % 4:
         raise ValueError(f"embed_dim must be a multiple of 4, got {embed_dim}")
-    omega = torch.arange(embed_dim // 4, dtype=torch.float32) / (embed_dim / 4.0)
+    # computed in float64 and rounded once, as MAE does (numpy float64, then ``.float()``): the float32 table is the
+    # official one bit for bit, and a ``.double()`` model carries exactly the official table (a float32 computation
+    # is off by a few float32 ulps, which a float64 comparison with the official code sees)
+    omega = torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim / 4.0)
     omega = 1.0 / 10000**omega
-    pos = torch.arange(grid_size, dtype=torch.float32)
+    pos = torch.arange(grid_size, dtype=torch.float64)
     cols, rows = pos.repeat(grid_size), pos.repeat_interleave(grid_size)
 
     def one(p: Tensor) -> Tensor:
         out = p[:, None] * omega[None]
         return torch.cat([out.sin(), out.cos()], dim=1)
 
-    return torch.cat([one(cols), one(rows)], dim=1)
+    return torch.cat([one(cols), one(rows)], dim=1).float()
 
 
 def patchify(imgs: Tensor, patch_size: int) -> Tensor:
