@@ -19,6 +19,7 @@ difference is written here as :func:`adaptive_noise_mix`.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Literal, NamedTuple
 
@@ -155,7 +156,8 @@ def ddim_denoise(
         x_{t-k} = \sqrt{\bar\alpha_{t-k}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t-k}}\,\epsilon'
 
     with k the scheduler's step size and ``alpha_bar_{t-k} = 1`` when t - k < 0 (so the last step returns x0_hat).
-    Not run under ``no_grad``: the KD loss trains the denoiser through every step, as officially.
+    Not run under ``no_grad``: the KD loss trains the denoiser through every step, as officially. A float64
+    ``sample`` is stepped with float64 coefficients computed from the same (float32-built) alpha-bar table.
 
     Args:
         model: Called as ``model(x, t)`` with a 0-d long timestep; returns the predicted noise, shaped like x.
@@ -166,6 +168,14 @@ def ddim_denoise(
     Returns:
         The denoised sample, shaped like ``sample``.
     """
+    if sample.dtype == torch.float64 and scheduler.alphas_cumprod.dtype != torch.float64:
+        # diffusers' step reads alpha_bar_t from the scheduler's float32 table as a 0-d tensor, so sqrt(alpha_bar)
+        # and sqrt(1 - alpha_bar) would be rounded to float32 (relative error ~1e-7) even in a float64 run. A
+        # float64 copy of the same table keeps that arithmetic in float64; float32 and lower precisions are stepped
+        # with float32 coefficients as before. A shallow copy, so the caller's scheduler is left as it was.
+        scheduler = copy.copy(scheduler)
+        scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
+        scheduler.final_alpha_cumprod = torch.as_tensor(scheduler.final_alpha_cumprod).to(torch.float64)
     for t in timesteps:
         eps = model(sample, t.to(sample.device))
         sample = scheduler.step(eps, t, sample, eta=0.0, use_clipped_model_output=True).prev_sample
