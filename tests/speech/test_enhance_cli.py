@@ -1,4 +1,5 @@
-"""``tenfold enhance``: chunked inference in bounded memory, exact length, no seams, resampling, folders, errors."""
+"""``tenfold enhance``: chunked inference in bounded memory, exact length, no seams, resampling, folders, channels,
+checkpoint formats and errors."""
 
 from __future__ import annotations
 
@@ -197,3 +198,100 @@ def test_a_short_last_chunk_is_merged_into_the_previous_one():
     out = enhance_waveform(identity_model(**TINY), x, chunk_seconds=10.0, overlap_seconds=0.0)
     assert out.shape == (160_050,)
     torch.testing.assert_close(out, x, atol=1e-4, rtol=0)
+
+
+def _write_clip(path, seconds: float = 0.5, seed: int = 12) -> np.ndarray:
+    clean, _ = make_speech(1, seed=seed, split="test", seconds=seconds)
+    sf.write(path, clean[0].numpy(), 16000, subtype="FLOAT")
+    return clean[0].numpy()
+
+
+def test_a_plain_state_dict_of_another_named_configuration_says_which_to_pass(tmp_path, capsys):
+    x = _write_clip(tmp_path / "x.wav")
+    torch.manual_seed(0)
+    small = TaylorSENet(**SMALL_CONFIG).eval()
+    torch.save(small.state_dict(), tmp_path / "small.pth")  # an official-style state dict: no architecture saved
+    args = [str(tmp_path / "x.wav"), str(tmp_path / "a.wav"), "--ckpt", str(tmp_path / "small.pth")]
+    assert enhance_main(args) == 2  # the default architecture for a plain state dict is the paper's
+    err = capsys.readouterr().err
+    assert "these weights fit configuration 'small': pass --config small" in err
+    assert "do not fit TaylorSENet" in err  # the key listing is still there
+    assert not (tmp_path / "a.wav").exists()
+    assert enhance_main([*args, "--config", "small"]) == 0
+    assert "architecture: configuration 'small'" in capsys.readouterr().out
+    out = sf.read(tmp_path / "a.wav", dtype="float32")[0]
+    np.testing.assert_allclose(out, enhance_waveform(small, torch.from_numpy(x)).numpy(), atol=1e-5)
+    # the same architecture at another order (the demo's Q=0 baseline): the order the keys show is named
+    zero = TaylorSENet(**{**SMALL_CONFIG, "order_num": 0}).eval()
+    torch.save(zero.state_dict(), tmp_path / "small_q0.pth")
+    args = [str(tmp_path / "x.wav"), str(tmp_path / "b.wav"), "--ckpt", str(tmp_path / "small_q0.pth")]
+    assert enhance_main([*args, "--config", "small"]) == 2
+    assert "fit configuration 'small' with order_num=0: pass --config small --order-num 0" in capsys.readouterr().err
+    assert enhance_main([*args, "--config", "small", "--order-num", "0"]) == 0
+    # weights that fit no named configuration get the plain key listing only
+    torch.save({"bogus.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    args = [str(tmp_path / "x.wav"), str(tmp_path / "c.wav"), "--ckpt", str(tmp_path / "bad.pth")]
+    assert enhance_main(args) == 2
+    err = capsys.readouterr().err
+    assert "do not fit" in err and "these weights fit" not in err
+
+
+def test_a_saved_architecture_wins_over_config(tmp_path, capsys):
+    from tenfold.utils.checkpoint import save_model
+
+    x = _write_clip(tmp_path / "x.wav")
+    model = half_gain_model(**TINY)
+    save_model(tmp_path / "model.pt", model, TINY, architecture="TaylorSENet", power=1.0)
+    args = [str(tmp_path / "x.wav"), str(tmp_path / "a.wav"), "--ckpt", str(tmp_path / "model.pt")]
+    assert enhance_main([*args, "--config", "paper"]) == 0
+    printed = capsys.readouterr().out
+    assert "architecture: the checkpoint's own (--config ignored)" in printed
+    assert "compression power 1 (from the checkpoint" in printed
+    np.testing.assert_allclose(sf.read(tmp_path / "a.wav", dtype="float32")[0], 0.5 * x, atol=1e-4)
+
+
+def _stereo(seconds: float, rate: int) -> np.ndarray:
+    """(L, 2) band-limited speech-like stereo at ``rate``: two different utterances, the right one quieter."""
+    clean, _ = make_speech(2, seed=13, split="test", seconds=seconds)
+    pair = torch.stack([clean[0], 0.3 * clean[1]])
+    return resample(pair, 16000, rate).numpy().T.copy()
+
+
+def test_stereo_44k_file_is_enhanced_per_channel_at_its_rate_and_length(tmp_path, monkeypatch):
+    stereo = _stereo(1.0, 44100)
+    sf.write(tmp_path / "stereo.wav", stereo, 44100, subtype="PCM_24")
+    save_ckpt(identity_model(**TINY), TINY, tmp_path / "id.ckpt")
+    batches: list[int] = []
+    forward = TaylorSENet.forward_terms
+
+    def recording(self, spec):
+        batches.append(spec.shape[0])
+        return forward(self, spec)
+
+    monkeypatch.setattr(TaylorSENet, "forward_terms", recording)
+    args = [str(tmp_path / "stereo.wav"), str(tmp_path / "out.wav"), "--ckpt", str(tmp_path / "id.ckpt")]
+    assert enhance_main(args) == 0
+    info = sf.info(tmp_path / "out.wav")
+    assert (info.channels, info.samplerate, info.frames, info.subtype) == (2, 44100, len(stereo), "PCM_24")
+    assert batches == [2]  # both channels in one batch through the network, not one call per channel
+    out = sf.read(tmp_path / "out.wav", dtype="float32")[0]
+    # identity network: each output channel is its own input channel (not a mix, not the other channel)
+    for ch in (0, 1):
+        err = ((out[:, ch] - stereo[:, ch]) ** 2).sum()
+        assert 10 * np.log10((stereo[:, ch] ** 2).sum() / err) > 30, ch
+    assert np.abs(out[:, 0] - out[:, 1]).max() > 0.1
+
+
+def test_channels_are_enhanced_independently():
+    """A random network: each channel of a (2, L) input gives what it gives alone (own scale, own instance norms)."""
+    torch.manual_seed(1)
+    model = TaylorSENet(**TINY).eval()
+    stereo = torch.from_numpy(_stereo(1.5, 16000).T.copy())
+    both = enhance_waveform(model, stereo, chunk_seconds=1.0, overlap_seconds=0.25)
+    assert both.shape == stereo.shape
+    for ch in (0, 1):
+        alone = enhance_waveform(model, stereo[ch], chunk_seconds=1.0, overlap_seconds=0.25)
+        torch.testing.assert_close(both[ch], alone, atol=1e-5, rtol=1e-4)
+    assert (both[0] - both[1]).abs().max() > 0.01
+    with pytest.raises(ValueError, match=r"\(L,\) or \(C, L\)"):
+        enhance_waveform(model, stereo[None])

@@ -18,20 +18,20 @@ def _mean_curve(runs: list[list[dict[str, float]]]) -> tuple[list[float], list[f
 @register_demo("distill", budget_s=200.0, title="Knowledge distillation: CE vs KD vs DIST vs DiffKD (built-in scenes)")
 def distill_demo(ctx: DemoContext) -> DemoResult:
     """Distil a resnet20 teacher into a resnet8 student with CE only, KD (tau 4), DIST (tau 4, weight 2), DiffKD."""
-    import torch
-
     from tenfold.classification.demo import BUILTIN, TEACHER_KEY, teacher_run, train
     from tenfold.data.datamodules import ClassificationData
     from tenfold.distill import DiffKDLoss, DistillationTask, DistillTerm, DISTLoss, KDLoss
     from tenfold.engine.optim import OptimConfig
     from tenfold.engine.quick import quick_fit
+    from tenfold.utils.checkpoint import save_model
 
     if TEACHER_KEY not in ctx.shared:  # run alone (--only distill): train the teacher here
         task, result = train(teacher_run(ctx), ctx, ctx.seed)
         ctx.shared[TEACHER_KEY] = (task.model.state_dict(), result.final["val/acc1"])
     state, teacher_acc = ctx.shared[TEACHER_KEY]
-    teacher_file = ctx.out_dir / "teacher_resnet20.pth"
-    torch.save(state, teacher_file)
+    # self-describing (weights + timm name + num_classes): any teacher_weights= / weights= option takes it
+    teacher_file = save_model(ctx.out_dir / "teacher_resnet20.pth", state, {"num_classes": BUILTIN["num_classes"]},
+                              architecture="resnet20")  # fmt: skip
 
     steps = 120 * (10 if ctx.full else 1)
     methods = {

@@ -21,9 +21,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("noisy", help="an audio file (.wav/.flac) or a folder of them")
     p.add_argument("out", help="output file, or output folder when NOISY is a folder (created; files are never "
                                "overwritten)")  # fmt: skip
-    p.add_argument("--ckpt", required=True, help="a tenfold training checkpoint, a run folder (its best checkpoint "
-                                                  "by the monitored metric when it kept one, else last.ckpt) or an "
-                                                  "official TaylorSENet state dict")  # fmt: skip
+    p.add_argument("--ckpt", required=True, help="a model file of `tenfold demo` (e.g. runs/demo-*/taylorsenet/"
+                                                  "order3/model.pt), a tenfold training checkpoint, a run folder (its "
+                                                  "best checkpoint by the monitored metric when it kept one, else "
+                                                  "last.ckpt) or an official TaylorSENet state dict")  # fmt: skip
     p.add_argument("--power", type=float, default=None,
                    help="compression exponent the model was trained with; default: the checkpoint's own (tenfold "
                         "checkpoints save it), else 0.5 as the official recipe")  # fmt: skip
@@ -31,8 +32,11 @@ def _parser() -> argparse.ArgumentParser:
         "--config",
         choices=("paper", "small"),
         default=None,
-        help="architecture of an official state dict without saved hyper-parameters (default: paper)",
+        help="architecture of an official state dict, which does not carry one (default: paper); demo model files "
+        "and tenfold checkpoints carry theirs and need no option",
     )
+    p.add_argument("--order-num", type=int, default=None,
+                   help="order Q of an official state dict (default: the configuration's, 3)")  # fmt: skip
     p.add_argument("--chunk-seconds", type=float, default=10.0, help="chunk length in seconds (memory bound)")
     p.add_argument("--overlap-seconds", type=float, default=1.0, help="cross-faded overlap between chunks")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -89,8 +93,7 @@ def enhance_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     import torch
 
-    from tenfold.speech.enhance import enhance_file
-    from tenfold.speech.taylorsenet import PAPER_CONFIG, SMALL_CONFIG, load_taylorsenet_checkpoint
+    from tenfold.speech.enhance import enhance_file, load_enhancement_model
 
     if args.threads is not None:
         if args.threads < 1:
@@ -117,8 +120,8 @@ def enhance_main(argv: list[str]) -> int:
             ckpt, why = run_checkpoint(args.ckpt)
             print(f"checkpoint: {ckpt} ({why})")
             args.ckpt = str(ckpt)
-        arch = {"small": SMALL_CONFIG, "paper": PAPER_CONFIG}.get(args.config or "", {})
-        model, hparams = load_taylorsenet_checkpoint(args.ckpt, **arch)
+        model, hparams, about = load_enhancement_model(args.ckpt, args.config, args.order_num)
+        print(f"architecture: {about}")
         power, why = _power(args.power, hparams.get("power"))
         print(f"compression power {power:g} ({why})")
         total_audio = total_time = 0.0

@@ -116,12 +116,15 @@ def _lockstep_callback(lockstep: _Lockstep) -> Any:
 def _train_worker(
     order: int, steps: int, seed: int, out_dir: str, max_time_s: float, lockstep: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Train one model (one torch thread) and save its weights; runs in a worker process or in-process.
+    """Train one model (one torch thread) and save it; runs in a worker process or in-process.
+
+    The model is saved as a self-describing ``<out_dir>/model.pt`` (weights, architecture, compression power).
 
     ``lockstep``: keyword arguments of :class:`_Lockstep` when the two models train side by side.
     """
     from tenfold.engine.quick import quick_fit
     from tenfold.speech.data import SpeechData
+    from tenfold.utils.checkpoint import save_model
 
     torch.set_num_threads(1)
     # fresh clips for every step (up to MAX_TRAIN_CLIPS), as the spec's on-the-fly generator; the same data and seed
@@ -140,8 +143,10 @@ def _train_worker(
 
     run = quick_fit(make, data, max_steps=steps, val_every=steps, out_dir=Path(out_dir), seed=seed,
                     max_time_s=max_time_s)  # fmt: skip
-    weights = Path(out_dir) / "model.pt"
-    torch.save(run.task.model.state_dict(), weights)
+    # self-describing: `tenfold enhance noisy.wav out.wav --ckpt .../model.pt` needs no architecture option
+    hparams = run.task.hparams
+    weights = save_model(Path(out_dir) / "model.pt", run.task.model, hparams["model_kwargs"],
+                         architecture="TaylorSENet", power=hparams["power"])  # fmt: skip
     return {"order": order, "steps": run.steps, "seconds": run.seconds, "weights": str(weights)}
 
 
@@ -247,9 +252,8 @@ def _train_both(ctx: DemoContext, steps: int, deadline: float, parallel: bool) -
 def _run(ctx: DemoContext) -> DemoResult:
     from tenfold.data.builtin import make_speech
     from tenfold.speech.bench import usable_cpus
-    from tenfold.speech.enhance import enhance_waveform
+    from tenfold.speech.enhance import enhance_waveform, load_enhancement_model
     from tenfold.speech.metrics import speech_metrics
-    from tenfold.speech.taylorsenet import SMALL_CONFIG, TaylorSENet
     from tenfold.utils.flops import count_parameters
 
     start = time.time()
@@ -270,10 +274,9 @@ def _run(ctx: DemoContext) -> DemoResult:
     waves = {"noisy": noisy[0], "clean": clean[0]}
     labels = {0: "magnitude-only (0th order)", 3: "TaylorSENet (Q=3)"}
     for order in (0, 3):
-        model = TaylorSENet(**{**SMALL_CONFIG, "order_num": order})
-        model.load_state_dict(torch.load(runs[order]["weights"], weights_only=True))
-        model.eval()
-        enhanced = torch.stack([enhance_waveform(model, x, chunk_seconds=TEST_SECONDS) for x in noisy])
+        # read back as `tenfold enhance` reads it: the saved file alone gives the architecture and power
+        model, hparams, _ = load_enhancement_model(runs[order]["weights"])
+        enhanced = enhance_waveform(model, noisy, chunk_seconds=TEST_SECONDS, power=hparams["power"])
         scores = speech_metrics(clean, enhanced, metrics=METRIC_NAMES)
         rows.append({"model": labels[order], "Q": order, "params (M)": count_parameters(model) / 1e6,
                      "steps": runs[order]["steps"], "train s": round(runs[order]["seconds"], 1),

@@ -8,6 +8,13 @@ network is that of one chunk whatever the file's length, and the output has exac
 
 The variance normalisation scale ``c`` is computed on the whole recording, as the official code does for a whole
 utterance; the network's instance norms see one chunk at a time (the only difference from whole-file inference).
+
+A multi-channel recording keeps its layout: its channels go through the network together as one batch, each
+enhanced on its own (its own scale ``c``; instance norms work per item), and the output has the input's channels.
+
+:func:`load_enhancement_model` reads what ``tenfold enhance --ckpt`` accepts: a self-describing model file (the
+demo's ``model.pt``, see :func:`tenfold.utils.checkpoint.save_model`), a tenfold training checkpoint, or an
+official state dict, whose architecture is one of :data:`NAMED_CONFIGS`.
 """
 
 from __future__ import annotations
@@ -16,15 +23,27 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from tenfold.speech.data import read_wav, resample
+from tenfold.speech.data import resample
 from tenfold.speech.stft import STFTConfig, apply_scale, istft_decompress, stft_compress, variance_norm_scale
-from tenfold.speech.taylorsenet import TaylorSENet
+from tenfold.speech.taylorsenet import PAPER_CONFIG, SMALL_CONFIG, TaylorSENet, checkpoint_filter_fn
 
-__all__ = ["MIN_CHUNK_SAMPLES", "EnhanceStats", "chunk_plan", "enhance_file", "enhance_waveform"]
+__all__ = [
+    "MIN_CHUNK_SAMPLES",
+    "NAMED_CONFIGS",
+    "EnhanceStats",
+    "chunk_plan",
+    "enhance_file",
+    "enhance_waveform",
+    "load_enhancement_model",
+]
+
+#: Architectures of official state dicts, which carry none: the names ``tenfold enhance --config`` accepts.
+NAMED_CONFIGS: dict[str, dict[str, Any]] = {"paper": PAPER_CONFIG, "small": SMALL_CONFIG}
 
 SAMPLE_RATE = 16000
 #: Shortest last chunk (0.1 s, 11 frames): a shorter tail is merged into the previous chunk, because the STFT needs
@@ -62,8 +81,9 @@ def chunk_plan(length: int, chunk: int, overlap: int, min_last: int = 1) -> list
 
 @torch.no_grad()
 def _enhance_normalised(model: TaylorSENet, wave: Tensor, cfg: STFTConfig) -> Tensor:
-    spec = stft_compress(wave[None], cfg)
-    return istft_decompress(model(spec), wave.numel(), cfg)[0]
+    """Network on normalised (C, L) waveforms, the channels as one batch; returns (C, L)."""
+    spec = stft_compress(wave, cfg)
+    return istft_decompress(model(spec), wave.shape[-1], cfg)
 
 
 @torch.no_grad()
@@ -75,7 +95,10 @@ def enhance_waveform(
     overlap_seconds: float = 1.0,
     power: float = 0.5,
 ) -> Tensor:
-    """Enhance one 16-kHz waveform (L,) in overlapping chunks; returns (L,).
+    """Enhance a 16-kHz waveform, mono (L,) or multi-channel (C, L), in overlapping chunks; returns its shape.
+
+    The channels of a (C, L) input are enhanced independently but together, as one batch of C through the
+    network (memory: one chunk of every channel); each has its own variance normalisation scale.
 
     A last chunk shorter than :data:`MIN_CHUNK_SAMPLES` is merged into the previous one, and a recording shorter
     than the STFT's reflect padding allows (``n_fft // 2 + 1`` = 161 samples) is zero-padded to that length after
@@ -83,42 +106,45 @@ def enhance_waveform(
 
     Args:
         model: the network (its own device; the waveform is moved there).
-        wave: mono waveform at 16 kHz.
+        wave: (L,) or (C, L) waveform at 16 kHz.
         chunk_seconds: chunk length (the memory bound); a shorter recording is enhanced whole.
         overlap_seconds: overlap of consecutive chunks, cross-faded with sin^2/cos^2 ramps (they sum to 1).
         power: compression exponent the model was trained with (a tenfold checkpoint's ``power``
             hyper-parameter; 0.5 for the official recipe).
 
     Raises:
-        ValueError: ``wave`` is not 1-D or empty, or the chunking arguments are inconsistent.
+        ValueError: ``wave`` is not 1-D or 2-D, or empty, or the chunking arguments are inconsistent.
     """
-    if wave.dim() != 1 or wave.numel() == 0:
-        raise ValueError(f"wave must be a non-empty mono (L,) waveform, got shape {tuple(wave.shape)}")
+    if wave.dim() not in (1, 2) or wave.numel() == 0:
+        raise ValueError(f"wave must be a non-empty (L,) or (C, L) waveform, got shape {tuple(wave.shape)}")
+    mono = wave.dim() == 1
     device = next(model.parameters()).device
     cfg = STFTConfig(power=power)
     chunk, overlap = round(chunk_seconds * SAMPLE_RATE), round(overlap_seconds * SAMPLE_RATE)
     if chunk < MIN_CHUNK_SAMPLES:
         raise ValueError(f"chunk_seconds must be >= {MIN_CHUNK_SAMPLES / SAMPLE_RATE} s, got {chunk_seconds}")
-    length = wave.numel()
+    waves = wave.reshape(-1, wave.shape[-1]).to(device)  # (C, L)
+    length = waves.shape[1]
     plan = chunk_plan(length, chunk, overlap, min_last=MIN_CHUNK_SAMPLES)
-    c = variance_norm_scale(wave[None].to(device))
-    normed = apply_scale(wave[None].to(device), c)[0]
+    c = variance_norm_scale(waves)  # (C,): one scale per channel, as per utterance officially
+    normed = apply_scale(waves, c)
     shortest = cfg.n_fft // 2 + 1  # centred STFT: reflect padding of n_fft // 2 needs a longer signal
     if length < shortest:
         padded = torch.nn.functional.pad(normed, (0, shortest - length))
-        out = _enhance_normalised(model, padded, cfg)[:length]
-        return apply_scale(out[None], c, inverse=True)[0].cpu()
-    out = torch.zeros_like(normed)
-    ramp = torch.sin(0.5 * math.pi * (torch.arange(overlap, device=device) + 0.5) / max(overlap, 1)) ** 2
-    for i, (start, end) in enumerate(plan):
-        piece = _enhance_normalised(model, normed[start:end], cfg)
-        weight = torch.ones_like(piece)
-        if i > 0 and overlap:
-            weight[:overlap] = ramp
-        if i < len(plan) - 1 and overlap:
-            weight[-overlap:] = 1 - ramp
-        out[start:end] += weight * piece
-    return apply_scale(out[None], c, inverse=True)[0].cpu()
+        out = _enhance_normalised(model, padded, cfg)[:, :length]
+    else:
+        out = torch.zeros_like(normed)
+        ramp = torch.sin(0.5 * math.pi * (torch.arange(overlap, device=device) + 0.5) / max(overlap, 1)) ** 2
+        for i, (start, end) in enumerate(plan):
+            piece = _enhance_normalised(model, normed[:, start:end], cfg)
+            weight = torch.ones(end - start, device=device, dtype=piece.dtype)
+            if i > 0 and overlap:
+                weight[:overlap] = ramp
+            if i < len(plan) - 1 and overlap:
+                weight[-overlap:] = 1 - ramp
+            out[:, start:end] += weight * piece
+    out = apply_scale(out, c, inverse=True).cpu()
+    return out[0] if mono else out
 
 
 @dataclass
@@ -143,10 +169,11 @@ def enhance_file(
     overlap_seconds: float = 1.0,
     power: float = 0.5,
 ) -> EnhanceStats:
-    """Enhance an audio file at any sample rate into ``out_path`` (same rate, channels averaged, same subtype).
+    """Enhance an audio file at any sample rate into ``out_path``: same rate, channels, length, format and subtype.
 
-    The output is written atomically and never replaces an existing file. ``power`` is the compression exponent
-    the model was trained with (see :func:`enhance_waveform`).
+    Every channel is enhanced independently (together, as one batch; see :func:`enhance_waveform`). The output is
+    written atomically and never replaces an existing file. ``power`` is the compression exponent the model was
+    trained with.
 
     Raises:
         FileNotFoundError: the input does not exist.
@@ -157,20 +184,89 @@ def enhance_file(
 
     from tenfold.utils.checkpoint import atomic_write
 
-    out_path = Path(out_path)
+    noisy_path, out_path = Path(noisy_path), Path(out_path)
     if out_path.exists():
         raise FileExistsError(f"output {str(out_path)!r} exists already; tenfold does not overwrite files")
+    if not noisy_path.is_file():
+        raise FileNotFoundError(f"audio file {str(noisy_path)!r} does not exist")
     start = time.perf_counter()
-    wave, sr = read_wav(noisy_path, SAMPLE_RATE)
-    info = sf.info(str(noisy_path))
-    enhanced = enhance_waveform(model, wave, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds, power=power)
+    try:
+        with sf.SoundFile(str(noisy_path)) as f:
+            data = f.read(dtype="float32", always_2d=True)  # (L, C)
+            sr, frames, subtype, fmt = f.samplerate, f.frames, f.subtype, f.format
+    except RuntimeError as err:  # soundfile's LibsndfileError
+        raise ValueError(f"cannot decode audio file {str(noisy_path)!r}: {err}") from err
+    waves = torch.from_numpy(data.T.copy())  # (C, L)
     if sr != SAMPLE_RATE:
-        enhanced = resample(enhanced, SAMPLE_RATE, sr)[: info.frames]
-        if enhanced.numel() < info.frames:  # rounding of the two resamplings: pad the last sample or two
-            enhanced = torch.nn.functional.pad(enhanced, (0, info.frames - enhanced.numel()))
-    data = enhanced.numpy()
-    if info.subtype.startswith("PCM"):
-        data = data.clip(-1.0, 1.0 - 2.0**-15)
+        waves = resample(waves, sr, SAMPLE_RATE)
+    enhanced = enhance_waveform(model, waves, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds, power=power)
+    if sr != SAMPLE_RATE:
+        enhanced = resample(enhanced, SAMPLE_RATE, sr)[:, :frames]
+        if enhanced.shape[1] < frames:  # rounding of the two resamplings: pad the last sample or two
+            enhanced = torch.nn.functional.pad(enhanced, (0, frames - enhanced.shape[1]))
+    out = enhanced.numpy().T  # (L, C)
+    if subtype.startswith("PCM"):
+        out = out.clip(-1.0, 1.0 - 2.0**-15)
     with atomic_write(out_path) as tmp:
-        sf.write(str(tmp), data, sr, subtype=info.subtype, format=info.format)
-    return EnhanceStats(audio_s=info.frames / sr, process_s=time.perf_counter() - start)
+        sf.write(str(tmp), out, sr, subtype=subtype, format=fmt)
+    return EnhanceStats(audio_s=frames / sr, process_s=time.perf_counter() - start)
+
+
+def _build(**kwargs: Any) -> TaylorSENet:
+    return TaylorSENet(**{**PAPER_CONFIG, **kwargs})
+
+
+def _known_configs(state: dict[str, Tensor]) -> dict[str, dict[str, Any]]:
+    """The ``--config`` choices to compare a mismatched state dict with: as they are, and at the order its keys show.
+
+    The high-order blocks are numbered ``highorderblock_list.<k>``, so their count is the order ``Q`` (unless the
+    blocks are shared, which these configurations are not); ``Q = 0`` leaves none.
+    """
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("highorderblock_list.") and k.split(".")[1].isdigit()}
+    order = max(blocks) + 1 if blocks else 0
+    out = {}
+    for name, config in NAMED_CONFIGS.items():
+        out[f"configuration {name!r}: pass --config {name}"] = config
+        if order != config["order_num"]:
+            out[f"configuration {name!r} with order_num={order}: pass --config {name} --order-num {order}"] = {
+                **config, "order_num": order
+            }  # fmt: skip
+    return out
+
+
+def load_enhancement_model(
+    path: str | Path, config: str | None = None, order_num: int | None = None
+) -> tuple[TaylorSENet, dict[str, Any], str]:
+    """The TaylorSENet of a checkpoint, its hyper-parameters, and a line saying where its architecture came from.
+
+    A self-describing file (a demo's ``model.pt``, written by :func:`tenfold.utils.checkpoint.save_model`) or a
+    tenfold training checkpoint carries its architecture, which is used as it is (``config`` and ``order_num`` are
+    then ignored). An official state dict carries none: ``config`` (one of :data:`NAMED_CONFIGS`, default
+    ``paper``) and ``order_num`` give it; weights that fit another named configuration, or the same at another
+    order, say so in the error.
+
+    Args:
+        path: the checkpoint file.
+        config: a name of :data:`NAMED_CONFIGS` for a plain state dict.
+        order_num: the order Q for a plain state dict (default: the configuration's, 3).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: an unknown ``config``, an unreadable file, or weights that do not fit (with the named
+            configuration they fit, if one does).
+    """
+    from tenfold.utils.checkpoint import load_model
+
+    if config is not None and config not in NAMED_CONFIGS:
+        raise ValueError(f"unknown configuration {config!r}; expected one of {sorted(NAMED_CONFIGS)}")
+    arch = dict(NAMED_CONFIGS[config or "paper"])
+    if order_num is not None:
+        arch["order_num"] = order_num
+    loaded = load_model(path, _build, config=arch, filter_fn=checkpoint_filter_fn, known_configs=_known_configs)
+    if loaded.self_described:
+        given = [flag for flag, value in (("--config", config), ("--order-num", order_num)) if value is not None]
+        about = "the checkpoint's own" + (f" ({' and '.join(given)} ignored)" if given else "")
+    else:
+        about = f"configuration {config or 'paper'!r}" + ("" if config else " (default for a state dict without one)")
+        about += f", order_num={arch['order_num']}"
+    return loaded.model, loaded.hparams, about
