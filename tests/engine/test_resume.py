@@ -60,3 +60,19 @@ def test_fit_refuses_to_overwrite_a_run(tmp_path):
     assert "already exists" in proc.stderr and str(run_dir) in proc.stderr
     assert (run_dir / "precious.txt").read_text() == "keep me"
     assert sorted(p.name for p in run_dir.iterdir()) == ["precious.txt"]
+
+
+def test_every_run_ends_with_one_current_last_checkpoint(tmp_path):
+    # (max_steps, every_n_train_steps) -> the files the run must leave: "last" always holds the final step, and
+    # never a second copy (Lightning >= 2.6 writes last-v1.ckpt if "last" is saved behind its back)
+    cases = {
+        (5, 500): ["last.ckpt"],
+        (12, 6): ["last.ckpt", "step0000012.ckpt"],
+        (8, 6): ["last.ckpt", "step0000006.ckpt"],
+    }
+    for (steps, every), files in cases.items():
+        run_dir = tmp_path / f"run-{steps}-{every}"
+        run_tenfold(["fit", *FAST, "--trainer.max_steps", str(steps), "--checkpoint.every_n_train_steps", str(every),
+                     "--trainer.limit_val_batches", "0", "--run_dir", str(run_dir)], tmp_path)  # fmt: skip
+        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == files, (steps, every)
+        assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == steps, (steps, every)

@@ -84,22 +84,33 @@ class FinalMetrics(pl.Callback):
 
 
 class FinalCheckpoint(pl.Callback):
-    """Save ``last.ckpt`` when training ends, unless the periodic checkpoint of that step already exists.
+    """Save ``last.ckpt`` when training ends, unless a checkpoint of that step was already written.
 
-    ``ModelCheckpoint(every_n_train_steps=N)`` saves only on multiples of N; a run must also end with its final
-    state on disk.
+    ``ModelCheckpoint(every_n_train_steps=N)`` saves only on multiples of N, and its own ``on_train_end`` (Lightning
+    >= 2.6) saves "last" only when nothing was saved during the run: a run that saved at step 500 and stopped at 520
+    would end with a stale ``last.ckpt``. This callback notes the step of every checkpoint written (the public
+    ``on_save_checkpoint`` hook) and, at the end, writes the final state through ``trainer.save_checkpoint`` (all
+    ranks call it; rank 0 writes), updating the callback's public ``last_model_path``. It leaves the "nothing saved
+    yet" case to ``ModelCheckpoint`` so that no second copy (``last-v1.ckpt``) appears.
     """
+
+    def __init__(self) -> None:
+        self.saved_step: int | None = None
+
+    def on_save_checkpoint(  # noqa: D102
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.saved_step = trainer.global_step
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
         callback = trainer.checkpoint_callback
         if not isinstance(callback, pl.callbacks.ModelCheckpoint) or callback.dirpath is None:
             return
-        if callback._last_global_step_saved == trainer.global_step:
+        if self.saved_step == trainer.global_step:
             return
-        if callback.save_last:
-            # through the callback, so that it knows last.ckpt is current (Lightning >= 2.6 would otherwise write
-            # a second copy, last-v1.ckpt, in its own on_train_end)
-            callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
-            return
+        if callback.save_last and not callback.last_model_path:
+            return  # ModelCheckpoint.on_train_end (which runs after this callback) saves "last" itself
         path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
         trainer.save_checkpoint(path, weights_only=False)  # the full training state, so it can be resumed
+        if callback.save_last:
+            callback.last_model_path = str(path)

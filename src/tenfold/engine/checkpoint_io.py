@@ -15,7 +15,11 @@ __all__ = ["SafeCheckpointIO"]
 class SafeCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` with atomic local writes and ``weights_only`` loading with clear errors.
 
-    Remote paths (``s3://``...) fall back to Lightning's own transactional writer.
+    Remote paths (``s3://``...) fall back to Lightning's own transactional writer. Lightning's writer is not used for
+    local files because it is atomic only within one file system: fsspec's local transaction writes to the system
+    temporary folder and then ``shutil.move``s the file, which becomes a copy (a crash can leave a truncated
+    checkpoint) whenever ``/tmp`` and the run folder are on different volumes, as on most clusters. Ours writes the
+    temporary file beside the target and renames it.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any = None) -> None:
