@@ -9,33 +9,35 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 __all__ = ["main"]
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+# the Lightning commands and their one-line help (LightningCLI parses their options)
+LIGHTNING_HELP = {
+    "fit": "train a recipe:  tenfold fit --config configs/classification/tiny.yaml [--trainer.max_steps 100]",
+    "validate": "evaluate on the validation split (--ckpt_path FILE)",
+    "test": "evaluate on the test split (--ckpt_path FILE)",
+    "predict": "run prediction",
+}
 
-_USAGE = """usage: tenfold COMMAND [ARGS]
 
-Training and evaluation (LightningCLI; `tenfold fit --help` lists every key):
-  fit        train a recipe:  tenfold fit --config configs/classification/tiny.yaml [--trainer.max_steps 100]
-  validate   evaluate on the validation split (--ckpt_path FILE)
-  test       evaluate on the test split (--ckpt_path FILE)
-  predict    run prediction
-
-tenfold commands:
-  demo       run every method's demo on built-in data and write runs/demo-<time>/report.md
-  bench      run a benchmark (speed, memory, FLOPs as ratios): tenfold bench --list
-  info       versions, threads, devices and what is installed
-  repeat     run a recipe once per seed and report mean and std: tenfold repeat --seeds 0,1,2 -- fit --config ...
-  export-student  the student of a distillation checkpoint, alone, as safetensors: tenfold export-student CKPT OUT
-  search     architecture search on a benchmark table (GINAS, random, evolution, local):
-             tenfold search --space nas-bench-macro --table PATH --optimizer ginas|random|evolution|local
-  enhance    speech enhancement with a TaylorSENet checkpoint: tenfold enhance NOISY.wav OUT.wav --ckpt CKPT
-  greenmim-convert  a GreenMIM pre-training checkpoint as a timm Swin for fine-tuning (or our encoder's names):
-             tenfold greenmim-convert CKPT OUT.pth [--format timm|swin] [--released-channel-order]
-
-Run `tenfold COMMAND --help` for the options of a command; set TENFOLD_DEBUG=1 for full tracebacks.
-"""
+def _usage() -> str:
+    """The top-level help, generated from the two command tables (nothing to keep in step by hand)."""
+    width = max(map(len, [*LIGHTNING_HELP, *COMMANDS])) + 2
+    lines = [
+        "usage: tenfold COMMAND [ARGS]",
+        "",
+        "Training and evaluation (LightningCLI; `tenfold fit --help` lists every key):",
+    ]
+    lines += [f"  {name:{width}}{text}" for name, text in LIGHTNING_HELP.items()]
+    lines += ["", "tenfold commands:"]
+    for name, (_, text) in COMMANDS.items():
+        first, *rest = text.split("\n")
+        lines.append(f"  {name:{width}}{first}")
+        lines += [f"  {'':{width}}{line}" for line in rest]
+    lines += ["", "Run `tenfold COMMAND --help` for the options of a command; set TENFOLD_DEBUG=1 for full tracebacks."]
+    return "\n".join(lines) + "\n"
 
 
 def _demo(argv: list[str]) -> int:
@@ -130,34 +132,41 @@ def _greenmim_convert(argv: list[str]) -> int:
     return convert_main(argv)
 
 
+# name -> (handler, one-line help; a second line may follow after "\n")
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "demo": (_demo, "run every method's demo on built-in data and write runs/demo-<time>/report.md"),
+    "bench": (_bench, "run a benchmark (speed, memory, FLOPs as ratios): tenfold bench --list"),
+    "info": (_info, "versions, threads, devices and what is installed"),
+    "repeat": (_repeat, "run a recipe once per seed and report mean and std: tenfold repeat --seeds 0,1,2 -- fit ..."),
+    "export-student": (_export_student, "the student of a distillation checkpoint, alone, as safetensors:\n"
+                       "tenfold export-student CKPT OUT"),
+    "search": (_search, "architecture search on a benchmark table (GINAS, random, evolution, local):\n"
+               "tenfold search --space nas-bench-macro --table PATH --optimizer ginas|random|evolution|local"),
+    "enhance": (_enhance, "speech enhancement with a TaylorSENet checkpoint:\n"
+                "tenfold enhance NOISY.wav OUT.wav --ckpt CKPT"),
+    "greenmim-convert": (_greenmim_convert, "a GreenMIM pre-training checkpoint as a timm Swin for fine-tuning:\n"
+                         "tenfold greenmim-convert CKPT OUT.pth [--format timm|swin] [--released-channel-order]"),
+}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tenfold`` console script."""
     from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_USAGE)
+        print(_usage())
         return 0
     command, rest = argv[0], argv[1:]
-    commands = {
-        "demo": _demo,
-        "bench": _bench,
-        "info": _info,
-        "repeat": _repeat,
-        "export-student": _export_student,
-        "search": _search,
-        "enhance": _enhance,
-        "greenmim-convert": _greenmim_convert,
-    }
-    if command not in commands and command not in LIGHTNING_COMMANDS:
-        print(f"tenfold: unknown command {command!r}\n\n{_USAGE}", file=sys.stderr)
+    if command not in COMMANDS and command not in LIGHTNING_HELP:
+        print(f"tenfold: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     try:
-        if command in LIGHTNING_COMMANDS:
+        if command in LIGHTNING_HELP:
             from tenfold.engine.lightning_cli import run_lightning_cli
 
             run_lightning_cli(None if from_sys else argv)
             return 0
-        return commands[command](rest)
+        return COMMANDS[command][0](rest)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         if os.environ.get("TENFOLD_DEBUG"):
             raise

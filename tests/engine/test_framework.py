@@ -73,10 +73,17 @@ def test_run_dir_rules(tmp_path, monkeypatch):
 
 
 def test_help_and_info(capsys):
+    from tenfold.cli import COMMANDS, LIGHTNING_HELP
+
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("fit", "demo", "bench", "info", "repeat"):
-        assert command in out
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ") and not line.startswith("   ")]
+    assert listed == [*LIGHTNING_HELP, *COMMANDS]  # every command once, in table order
+    for command in COMMANDS:  # and each one it lists answers --help
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--help"])
+        assert exc.value.code == 0, command
+    capsys.readouterr()
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "lightning" in out and "torch threads" in out

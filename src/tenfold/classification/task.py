@@ -22,7 +22,7 @@ from tenfold.utils.checkpoint import load_checkpoint, load_state_dict_strict, un
 __all__ = [
     "ClassificationTask",
     "MixupConfig",
-    "ClassifierTask",
+    "ClassifierTaskBase",
     "check_num_classes",
     "classification_metrics",
     "create_model",
@@ -112,7 +112,7 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
     )
 
 
-class ClassifierTask(pl.LightningModule):
+class ClassifierTaskBase(pl.LightningModule):
     """Shared glue of tasks whose ``forward`` returns class logits: metrics, evaluation, optimiser hooks.
 
     Subclasses call :meth:`init_metrics` in ``__init__``, implement ``forward`` and ``training_step``, and name
@@ -194,7 +194,7 @@ class MixupConfig:
         return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
 
-class ClassificationTask(ClassifierTask):
+class ClassificationTask(ClassifierTaskBase):
     """Train and evaluate an image classifier with cross-entropy.
 
     Logs ``train/loss``, ``train/acc1``, ``val/loss``, ``val/acc1``, ``val/acc5`` (and ``test/*``) as fractions in

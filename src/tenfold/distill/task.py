@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tenfold.classification.task import ClassifierTask, classification_metrics, create_model
+from tenfold.classification.task import ClassifierTaskBase, classification_metrics, create_model
 from tenfold.distill.taps import LOGITS, FeatureTaps
 from tenfold.engine.optim import OptimConfig
 
@@ -49,7 +49,7 @@ def _connector(c_in: int, c_out: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
 
 
-class DistillationTask(ClassifierTask):
+class DistillationTask(ClassifierTaskBase):
     """Distil a frozen teacher into a student for image classification.
 
     The teacher is frozen (no gradients), kept in eval mode (its BatchNorm statistics never change) and run under

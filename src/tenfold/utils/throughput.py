@@ -2,6 +2,11 @@
 
 These are measurements of one machine at one moment. Report them, or compare two models measured in the same
 process as a ratio; never assert on them in tests.
+
+Why not ``torch.utils.benchmark.Timer``: it offers the mean over N passes (``timeit``, which also runs two
+untimed passes per call) or time-budgeted blocks (``blocked_autorange``); neither yields a fixed number of per-pass
+samples, which the median/IQR here and the fixed-count alternation of :func:`compare_throughput` need. What Timer
+would add (CUDA synchronisation, thread setting) is the few lines below.
 """
 
 from __future__ import annotations
