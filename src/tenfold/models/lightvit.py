@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, gen_relative_position_index, trunc_normal_
 from timm.models import FeatureInfo, build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from torch.utils.checkpoint import checkpoint
 
@@ -66,15 +66,13 @@ _BlockNorm = partial(nn.LayerNorm, eps=1e-6)
 
 
 def relative_position_index(window_size: int) -> torch.Tensor:
-    """Swin relative position index of a ``ws x ws`` window, flattened to ``(ws**4,)`` (int64).
+    """Swin relative position index of a ``ws x ws`` window, flattened to ``(ws**4,)`` (int64), as the official buffer.
 
     For in-window coordinates ``(y, x)`` in row-major order, entry ``i * ws**2 + j`` is
-    ``(y_i - y_j + ws - 1) * (2 ws - 1) + (x_i - x_j + ws - 1)``: a row of the ``((2 ws - 1)**2, heads)`` bias table.
+    ``(y_i - y_j + ws - 1) * (2 ws - 1) + (x_i - x_j + ws - 1)``: a row of the ``((2 ws - 1)**2, heads)`` bias table
+    (timm's ``gen_relative_position_index``, flattened).
     """
-    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij"))
-    coords = coords.flatten(1)  # (2, ws*ws)
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window_size - 1)
-    return (rel[..., 0] * (2 * window_size - 1) + rel[..., 1]).flatten()
+    return gen_relative_position_index((window_size, window_size)).flatten()
 
 
 def _window_partition(x: torch.Tensor, grid: tuple[int, int], ws: int) -> torch.Tensor:
@@ -193,8 +191,8 @@ class LightViTAttention(nn.Module):
         window_size: ws.
         qkv_bias: bias on ``qkv`` and ``kv_global``.
         attn_drop: dropout on attention weights.
-        proj_drop: kept for the official signature; the official forward never applies it (nor do we), so
-            ``drop_rate`` acts in the FFN only.
+        (The official class also takes ``proj_drop`` but never applies it; it is left out here, so ``drop_rate``
+        acts in the FFN only, as officially.)
         pad: zero-pad the image grid to multiples of ws (the detection backbone); otherwise a grid that is not
             a multiple of ws raises ``ValueError`` (the classification model).
     """
@@ -207,7 +205,6 @@ class LightViTAttention(nn.Module):
         window_size: int = 7,
         qkv_bias: bool = False,
         attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
         pad: bool = False,
     ) -> None:
         super().__init__()
@@ -223,7 +220,6 @@ class LightViTAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.kv_global = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = proj_drop  # unused, as officially (see the docstring)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window_size))
         trunc_normal_(self.relative_position_bias_table, std=0.02)
@@ -320,9 +316,7 @@ class Block(nn.Module):
         super().__init__()
         self.last_block = last_block
         self.norm1 = _BlockNorm(dim)
-        self.attn = LightViTAttention(
-            dim, num_tokens, num_heads, window_size, qkv_bias, attn_drop=attn_drop, proj_drop=drop, pad=pad
-        )
+        self.attn = LightViTAttention(dim, num_tokens, num_heads, window_size, qkv_bias, attn_drop=attn_drop, pad=pad)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = _BlockNorm(dim)
         self.mlp = BiAttnMlp(dim, int(dim * mlp_ratio), drop=drop)

@@ -125,6 +125,9 @@ def unwrap_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Return the flat ``state_dict`` inside a checkpoint.
 
+    (timm's ``clean_state_dict`` only strips ``module.``; this also finds the state dict inside the wrappers that
+    official training scripts save, strips other prefixes, filters keys and refuses non-tensor entries.)
+
     Args:
         checkpoint: a raw state dict, or a dict that nests one under one of ``keys`` (checked in order).
         keys: wrapper keys to look through.
