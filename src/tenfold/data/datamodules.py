@@ -149,7 +149,7 @@ class ClassificationData(TrainerPositionMixin, pl.LightningDataModule):
     def _build(self, split: str) -> Dataset:
         hp = self.hparams
         if self.dataset_name == "builtin":
-            from tenfold.data.builtin import BuiltinClassification
+            from tenfold.data.synthetic import BuiltinClassification
 
             size = {"train": hp.train_size, "val": hp.val_size, "test": hp.test_size}[split]
             key = (split, self._builtin_classes, size, hp.data_seed, hp.image_size)
@@ -165,7 +165,7 @@ class ClassificationData(TrainerPositionMixin, pl.LightningDataModule):
                 )
             return _BUILTIN_CACHE[key]
         if self.dataset_name == "digits":
-            from tenfold.data.builtin import DigitsClassification
+            from tenfold.data.synthetic import DigitsClassification
 
             return DigitsClassification(split=split, seed=hp.data_seed, image_size=hp.image_size)
         from tenfold.data import readers

@@ -5,7 +5,7 @@
 * :func:`image_folder` reads an ImageFolder tree ``<root>/<split>/<class>/<image>``.
 
 Both return map-style datasets whose items are ``(image, int label)``. With ``transform=None`` the image is a
-float32 (3, H, W) tensor in [0, 1], like :class:`tenfold.data.builtin.BuiltinClassification`; a user transform
+float32 (3, H, W) tensor in [0, 1], like :class:`tenfold.data.synthetic.BuiltinClassification`; a user transform
 receives the PIL image instead (as with torchvision) and its output is returned.
 
 Problems are reported before any training starts: a missing path or a wrong layout raises

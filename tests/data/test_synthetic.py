@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.ops import box_iou
 
-from tenfold.data.builtin import (
+from tenfold.data.synthetic import (
     BuiltinClassification,
     DigitsClassification,
     class_prototypes,
@@ -150,6 +151,29 @@ def test_segmentation_mask_matches_image_content_on_clean_scenes():
     assert grey[inner_obj].float().mean() < 0.01
 
 
+def test_segmentation_mask_classes_match_the_rendered_colours():
+    # On clean scenes (no colour jitter) an object of class k is painted in shades s * colour[k], s in
+    # [colour2 / colour, 1]: inside each mask region the pixels must be shades of that region's class colour,
+    # and of no other class's.
+    num_classes = 10
+    images, masks = make_segmentation(64, num_classes, seed=0, difficulty=0.0)
+    colour = class_prototypes(num_classes, seed=0).colour.double()  # (C, 3)
+    # Pixels whose 3x3 neighbourhood has one mask value (away from anti-aliased edges), and that value.
+    eroded = -F.max_pool2d(-F.one_hot(masks, num_classes + 1).permute(0, 3, 1, 2).float(), 3, 1, 1)
+    inner = torch.where(eroded.amax(1) > 0.5, eroded.argmax(1), -1)
+    sel = inner > 0
+    assert sel.sum() > 1000
+    pixels = images.permute(0, 2, 3, 1)[sel].double() / 255  # (P, 3)
+    shade = (pixels @ colour.T) / colour.pow(2).sum(1)  # (P, C) best scale of each class colour
+    residual = (pixels.unsqueeze(1) - shade.unsqueeze(2) * colour).abs().amax(2)  # (P, C)
+    cls = inner[sel] - 1
+    own = residual.gather(1, cls.unsqueeze(1)).squeeze(1)
+    assert (own <= 1 / 255).float().mean() > 0.99  # a shade of its own class colour, up to uint8 rounding
+    assert (residual.argmin(1) == cls).float().mean() > 0.99  # ... and not of another class's
+    own_shade = shade.gather(1, cls.unsqueeze(1)).squeeze(1)
+    assert own_shade.min() > 0.4 and own_shade.max() < 1 + 2 / 255
+
+
 def test_segmentation_masks_locate_class_colours():
     # Mean colour under each object's mask predicts its class on another split (mask aligned with content).
     def object_colours(images, masks, num_classes):
@@ -189,12 +213,46 @@ def test_hoi_targets_are_valid():
         assert (labels[:n_person] == 0).all() and (labels[n_person:] >= 1).all()
         assert labels.max() <= num_objects
         if len(hoi):
+            assert ((hoi[:, :2] >= 0) & (hoi[:, :2] < m)).all()  # both indices name one of the boxes
             assert (labels[hoi[:, 0]] == 0).all()  # human_idx points at a person
             assert (labels[hoi[:, 1]] > 0).all()  # object_idx points at an object
             assert ((hoi[:, 2] >= 0) & (hoi[:, 2] < num_verbs)).all()
             assert len({tuple(r) for r in hoi[:, :2].tolist()}) == len(hoi)  # one verb per pair
         n_pairs += len(hoi)
     assert n_pairs > 40  # interactions are common
+
+
+def test_hoi_boxes_enclose_the_rendered_pixels_tightly():
+    # On clean scenes the background is flat grey (128): every other pixel belongs to a person or an object and
+    # must lie in some box (give or take the one-pixel anti-aliased rim beyond the half-coverage edge), and every
+    # box is tight: each of its four edge rows/columns holds a non-background pixel.
+    size = 64
+    images, targets = make_hoi(40, 6, 5, seed=4, image_size=size, difficulty=0.0)
+    foreground = (images != 128).any(dim=1)  # (n, S, S)
+    for fg, t in zip(foreground, targets, strict=True):
+        covered = torch.zeros(size + 2, size + 2, dtype=torch.bool)  # one pixel of padding on each side
+        for x0, y0, x1, y1 in t["boxes"].long().tolist():
+            covered[y0 : y1 + 2, x0 : x1 + 2] = True  # the box grown by one pixel
+            inside = fg[y0:y1, x0:x1]
+            assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+        assert not (fg & ~covered[1:-1, 1:-1]).any()
+    assert torch.equal(targets[0]["boxes"], targets[0]["boxes"].round())  # pixel-edge coordinates
+
+
+def test_hoi_interacting_objects_touch_their_person_and_others_keep_away():
+    _, targets = make_hoi(100, 6, 5, seed=0, image_size=64)
+    pairs = alone = apart = 0
+    for t in targets:
+        boxes, labels, hoi = t["boxes"], t["labels"], t["hoi"]
+        persons = boxes[labels == 0]
+        for h, o, _ in hoi.tolist():
+            assert box_iou(boxes[h : h + 1], boxes[o : o + 1]).item() > 0  # the object touches its person
+            pairs += 1
+        for o in sorted(set(range(len(persons), len(labels))) - set(hoi[:, 1].tolist())):
+            alone += 1
+            apart += bool((box_iou(boxes[o : o + 1], persons) == 0).all())
+    assert pairs > 50 and alone > 20
+    assert apart / alone > 0.95  # a non-interacting object is placed clear of every person when it fits
 
 
 def test_hoi_verbs_follow_a_visible_relation():
