@@ -10,19 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from tenfold.mim.greenmim import (
+from tenfold.mim.attention import GroupWindowAttention
+from tenfold.mim.grouping import (
     MASK_VALUE,
-    GroupWindowAttention,
     build_grouping,
     choose_group_size,
     grouping_cost,
     knapsack_fill,
-    mask_from_noise,
     pack_windows,
-    random_unit_mask,
-    units_to_tokens,
     window_ids,
 )
+from tenfold.mim.masking import mask_from_noise, random_unit_mask, units_to_tokens
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "greenmim"
 

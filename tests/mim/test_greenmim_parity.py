@@ -12,6 +12,7 @@ import json
 import math
 import pickle
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,19 @@ from tenfold.mim.convert import (
     to_timm_state_dict,
     to_timm_swin,
 )
-from tenfold.mim.greenmim import GreenMIM, GreenSwin, mask_from_noise, masked_pixel_loss, patchify, unpatchify
+from tenfold.mim.encoder import GreenSwin, GreenSwinConfig
+from tenfold.mim.greenmim import GreenMIM, GreenMIMConfig, masked_pixel_loss, patchify, unpatchify
+from tenfold.mim.masking import mask_from_noise
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "greenmim"
 REFS = torch.load(FIXTURES / "official_outputs.pt", weights_only=True)
 CASES = json.loads((FIXTURES / "official_meta.json").read_text())["cases"]
+#: the model of the fixtures' ``tiny_w3`` case (96 px, window 3, 3x3 units of 32 px), for tests without recordings
+TINY_W3 = GreenMIMConfig(
+    encoder=GreenSwinConfig(img_size=96, embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=3),
+    decoder_embed_dim=32,
+    decoder_num_heads=4,
+)
 
 
 def seeded(key: str, shape) -> torch.Tensor:
@@ -49,15 +58,19 @@ def seeded(key: str, shape) -> torch.Tensor:
 
 def _model(cfg: dict, ratio: float, **kw) -> GreenMIM:
     return GreenMIM(
-        img_size=cfg["img_size"],
-        embed_dim=cfg["embed_dim"],
-        depths=cfg["depths"],
-        num_heads=cfg["num_heads"],
-        window_size=cfg["window_size"],
-        decoder_embed_dim=cfg["dec_dim"],
-        decoder_num_heads=cfg["dec_heads"],
-        mask_ratio=ratio,
-        **kw,
+        GreenMIMConfig(
+            encoder=GreenSwinConfig(
+                img_size=cfg["img_size"],
+                embed_dim=cfg["embed_dim"],
+                depths=cfg["depths"],
+                num_heads=cfg["num_heads"],
+                window_size=cfg["window_size"],
+                **kw,
+            ),
+            decoder_embed_dim=cfg["dec_dim"],
+            decoder_num_heads=cfg["dec_heads"],
+            mask_ratio=ratio,
+        )
     ).eval()
 
 
@@ -213,7 +226,7 @@ def test_checkpoint_filter_and_strict_errors(tmp_path):
     ckpt = _official_checkpoint(model)
     path = tmp_path / "checkpoint-199.pth"
     torch.save(ckpt, path)
-    enc = GreenSwin(img_size=96, embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=3)
+    enc = GreenSwin(TINY_W3.encoder)
     load_official(path, enc)  # the encoder alone from a pre-training file
     assert torch.equal(enc.norm.weight, ckpt["model"]["encoder.norm.weight"])
     filtered = checkpoint_filter_fn(ckpt)
@@ -240,7 +253,7 @@ def test_official_file_loads_through_every_path(tmp_path, one_thread):
         torch.load(path, weights_only=True)
     assert load_official(path, model) is model
     assert all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items() if k != "decoder_pos_embed")
-    enc = GreenSwin(img_size=96, embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=3)
+    enc = GreenSwin(TINY_W3.encoder)
     load_official(path, enc)
     weights = ckpt["model"]
     assert torch.equal(enc.layers[1].blocks[0].attn.qkv.weight, weights["encoder.layers.1.blocks.0.attn.qkv.weight"])
@@ -261,7 +274,9 @@ def test_all_visible_encoder_equals_timm_swin(img, window, depths, tmp_path, one
     import timm
 
     torch.manual_seed(0)
-    enc = GreenSwin(img_size=img, embed_dim=16, depths=depths, num_heads=(1, 2, 4, 8), window_size=window).eval()
+    enc = GreenSwin(
+        GreenSwinConfig(img_size=img, embed_dim=16, depths=depths, num_heads=(1, 2, 4, 8), window_size=window)
+    ).eval()
     for name, p in enc.named_parameters():
         p.data.copy_(seeded(name, p.shape))
     timm_swin = to_timm_swin(enc).eval()
@@ -287,7 +302,9 @@ def test_all_visible_encoder_equals_timm_swin(img, window, depths, tmp_path, one
 
 def test_to_timm_swin_refuses_grids_that_are_not_window_multiples():
     """At 256 px with window 7 the stage-0 grid is 64x64: timm pads its border windows, GreenSwin shrinks them."""
-    enc = GreenSwin(img_size=256, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7).eval()
+    enc = GreenSwin(
+        GreenSwinConfig(img_size=256, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7)
+    ).eval()
     with pytest.raises(ValueError, match=r"stage 0 grid 64x64 .* not a multiple of window 7"):
         to_timm_swin(enc)
     # the reason: the same weights give a different function in timm at this size
@@ -303,7 +320,7 @@ def test_to_timm_swin_refuses_grids_that_are_not_window_multiples():
 def test_masked_pixels_do_not_change_the_visible_encoding():
     """The encoder sees visible units only: replacing the pixels of masked units changes nothing."""
     torch.manual_seed(1)
-    enc = GreenSwin(img_size=96, embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=3).eval()
+    enc = GreenSwin(TINY_W3.encoder).eval()
     um = mask_from_noise(torch.rand(1, 9), 0.6, 2)
     x = torch.randn(2, 3, 96, 96)
     pix = um.mask[0].view(3, 3).repeat_interleave(32, 0).repeat_interleave(32, 1).bool()
@@ -316,27 +333,9 @@ def test_masked_pixels_do_not_change_the_visible_encoding():
 
 def test_decoder_orders_agree_only_when_noise_order_is_raster_order():
     torch.manual_seed(2)
-    official = GreenMIM(
-        img_size=96,
-        embed_dim=16,
-        depths=(2, 2, 2, 1),
-        num_heads=(1, 2, 4, 8),
-        window_size=3,
-        decoder_embed_dim=32,
-        decoder_num_heads=4,
-        mask_ratio=0.6,
-    ).eval()
-    fixed = GreenMIM(
-        img_size=96,
-        embed_dim=16,
-        depths=(2, 2, 2, 1),
-        num_heads=(1, 2, 4, 8),
-        window_size=3,
-        decoder_embed_dim=32,
-        decoder_num_heads=4,
-        mask_ratio=0.6,
-        official_decoder_order=False,
-    ).eval()
+    config = replace(TINY_W3, mask_ratio=0.6)
+    official = GreenMIM(config).eval()
+    fixed = GreenMIM(replace(config, official_decoder_order=False)).eval()
     fixed.load_state_dict(official.state_dict())
     latent = torch.randn(2, 3, 128)
     raster = mask_from_noise(torch.tensor([[0.1, 0.9, 0.2, 0.8, 0.7, 0.3, 0.6, 0.5, 0.95]]), 0.6, 2)  # kept 0, 2, 5
@@ -369,16 +368,7 @@ def test_masked_pixel_loss_formula_and_errors():
 
 def test_per_sample_masks_equal_one_image_at_a_time():
     torch.manual_seed(4)
-    model = GreenMIM(
-        img_size=96,
-        embed_dim=16,
-        depths=(2, 2, 2, 1),
-        num_heads=(1, 2, 4, 8),
-        window_size=3,
-        decoder_embed_dim=32,
-        decoder_num_heads=4,
-        per_sample_mask=True,
-    ).eval()
+    model = GreenMIM(replace(TINY_W3, per_sample_mask=True)).eval()
     imgs = torch.randn(3, 3, 96, 96)
     um = model.random_mask(3, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(um.mask[0], um.mask[1])
@@ -391,15 +381,15 @@ def test_per_sample_masks_equal_one_image_at_a_time():
 
 def test_encoder_rejects_bad_sizes_and_masks():
     with pytest.raises(ValueError, match="multiple of the mask unit"):
-        GreenSwin(img_size=100, embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=3)
-    enc = GreenSwin(img_size=96, embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=3)
+        GreenSwin(replace(TINY_W3.encoder, img_size=100))
+    enc = GreenSwin(TINY_W3.encoder)
     with pytest.raises(ValueError, match="mask must have shape"):
         enc(torch.randn(1, 3, 96, 96), torch.zeros(1, 16))
 
 
 def test_clear_errors_for_all_masked_units_and_wrong_image_sizes():
     """A mask removing every unit used to fail in a reshape, a wrong image size in timm's assertion."""
-    enc = GreenSwin(img_size=96, embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=3)
+    enc = GreenSwin(TINY_W3.encoder)
     x = torch.randn(2, 3, 96, 96)
     with pytest.raises(ValueError, match="mask row 0 removes all 9 units"):
         enc(x, torch.ones(1, 9))
@@ -412,31 +402,14 @@ def test_clear_errors_for_all_masked_units_and_wrong_image_sizes():
         enc(torch.randn(2, 3, 128, 128))
     with pytest.raises(ValueError, match=r"got \(2, 1, 96, 96\)"):
         enc(torch.randn(2, 1, 96, 96))
-    model = GreenMIM(
-        img_size=96,
-        embed_dim=16,
-        depths=(2, 2, 2, 1),
-        num_heads=(1, 2, 4, 8),
-        window_size=3,
-        decoder_embed_dim=32,
-        decoder_num_heads=4,
-    )
+    model = GreenMIM(TINY_W3)
     with pytest.raises(ValueError, match="img_size=96"):
         model(torch.randn(2, 3, 64, 64))
     all_masked = mask_from_noise(torch.rand(1, 9), 0.75, 2)._replace(mask=torch.ones(2, 9))
     with pytest.raises(ValueError, match="removes all 9 units"):
         model(x, all_masked)
     with pytest.raises(ValueError, match="nothing would be masked"):
-        GreenMIM(
-            img_size=96,
-            embed_dim=16,
-            depths=(2, 2, 2, 1),
-            num_heads=(1, 2, 4, 8),
-            window_size=3,
-            decoder_embed_dim=32,
-            decoder_num_heads=4,
-            mask_ratio=0.0,
-        )
+        GreenMIM(replace(TINY_W3, mask_ratio=0.0))
 
 
 def test_parameter_counts_match_the_spec():

@@ -14,7 +14,8 @@ from tenfold.mim.cli import convert_main
 from tenfold.mim.convert import infer_encoder_config
 from tenfold.mim.data import MIMImageData, make_gradient_images
 from tenfold.mim.demo import _initial_val_loss, make_data, make_task
-from tenfold.mim.greenmim import GreenMIM
+from tenfold.mim.encoder import GreenSwinConfig
+from tenfold.mim.greenmim import GreenMIM, GreenMIMConfig
 
 from conftest import run_tenfold
 
@@ -58,16 +59,15 @@ def test_gradient_images_and_data_module():
         MIMImageData(source="imagenet")
 
 
-def _tiny_224(**kw) -> GreenMIM:
+def _tiny_224() -> GreenMIM:
     return GreenMIM(
-        img_size=224,
-        embed_dim=16,
-        depths=(2, 2, 2, 2),
-        num_heads=(1, 2, 4, 8),
-        window_size=7,
-        decoder_embed_dim=32,
-        decoder_num_heads=4,
-        **kw,
+        GreenMIMConfig(
+            encoder=GreenSwinConfig(
+                img_size=224, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7
+            ),
+            decoder_embed_dim=32,
+            decoder_num_heads=4,
+        )
     )
 
 
@@ -116,8 +116,9 @@ def test_recipes_build_their_models():
 
     base = yaml.safe_load((REPO / "configs" / "mim" / "greenmim_swin_base.yaml").read_text())
     args = base["model"]["init_args"]
+    enc = args["greenmim"]["encoder"]
     assert base["model"]["class_path"] == "tenfold.mim.task.GreenMIMTask"
-    assert (args["embed_dim"], args["depths"], args["num_heads"], args["window_size"]) == (
+    assert (enc["embed_dim"], enc["depths"], enc["num_heads"], enc["window_size"]) == (
         128,
         [2, 2, 18, 2],
         [4, 8, 16, 32],
@@ -130,8 +131,11 @@ def test_recipes_build_their_models():
     assert args["optim"]["lr"] == pytest.approx(1.0e-4 * 256 * 8 / 256)
     assert args["optim"]["warmup_epochs"] == 40 and args["optim"]["warmup_prefix"] is True
     tiny = yaml.safe_load((REPO / "configs" / "mim" / "tiny.yaml").read_text())
-    task = GreenMIMTask(**{k: v for k, v in tiny["model"]["init_args"].items() if k != "optim"})
+    mim = tiny["model"]["init_args"]["greenmim"]
+    task = GreenMIMTask(GreenMIMConfig.from_dict(mim))
     assert task.model.num_units == 36
+    # the official AdamW betas come from the optimiser settings (the task has no betas of its own)
+    assert args["optim"]["opt_betas"] == tiny["model"]["init_args"]["optim"]["opt_betas"] == [0.9, 0.95]
 
 
 def _recipe_lrs(config: str, updates_per_epoch: int, steps: list[int]) -> list[float]:
@@ -274,7 +278,12 @@ def test_mask_seed_defaults_to_the_run_seed():
         task.setup("fit")
         drawn.append(task.training_mask(2).mask)
     assert torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[0], drawn[2])
-    fixed = GreenMIMTask(img_size=96, embed_dim=16, depths=(2, 2, 2), num_heads=(1, 2, 4), window_size=3, mask_seed=5)
+    fixed = GreenMIMTask(
+        GreenMIMConfig(
+            encoder=GreenSwinConfig(img_size=96, embed_dim=16, depths=(2, 2, 2), num_heads=(1, 2, 4), window_size=3)
+        ),
+        mask_seed=5,
+    )
     torch.manual_seed(123)
     fixed.setup("fit")
     assert torch.equal(fixed.training_mask(2).mask, drawn[0])  # mask_seed=5 on rank 0 equals run seed 5

@@ -1,7 +1,7 @@
 """``tenfold bench greenmim``: encoder forward+backward, GreenMIM (visible units only) against a SimMIM-style Swin.
 
 The baseline is timm's ``SwinTransformer`` of the same size processing all patches, masked ones replaced by a
-learned mask token (SimMIM). GreenMIM runs :class:`~tenfold.mim.greenmim.GreenSwin` on the 25 % visible units
+learned mask token (SimMIM). GreenMIM runs :class:`~tenfold.mim.encoder.GreenSwin` on the 25 % visible units
 (mask ratio 0.75, one mask per batch). Each configuration runs in its own subprocess on one thread: the peak
 memory is the rise of the process's peak resident set size (VmHWM) during the first forward+backward, over the
 resident size with the model and inputs in place, so it covers activations, weight gradients and workspace;
@@ -45,7 +45,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     from timm.models.swin_transformer import SwinTransformer
     from torch.utils.flop_counter import FlopCounterMode
 
-    from tenfold.mim.greenmim import GreenSwin, random_unit_mask
+    from tenfold.mim.encoder import GreenSwin, GreenSwinConfig
+    from tenfold.mim.masking import random_unit_mask
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -54,7 +55,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     images = torch.randn(b, 3, img, img)
     um = random_unit_mask(b, 49, 0.75, generator=torch.Generator().manual_seed(0))
     if spec["method"] == "greenmim":
-        model = GreenSwin(img_size=img, window_size=7, **arch)
+        model = GreenSwin(GreenSwinConfig(img_size=img, window_size=7, **arch))
 
         def step() -> torch.Tensor:
             return model(images, um.mask).pow(2).mean()

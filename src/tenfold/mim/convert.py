@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tenfold.mim.greenmim import GreenMIM, GreenSwin
+from tenfold.mim.encoder import GreenSwin
+from tenfold.mim.greenmim import GreenMIM
 from tenfold.utils.checkpoint import load_checkpoint, load_state_dict_strict
 
 __all__ = [

@@ -6,51 +6,49 @@ It also times a training step against a dense SimMIM-style encoder of the same s
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tenfold.engine.demo import DemoContext, DemoResult, plot_curves, register_demo, torch_threads
+from tenfold.mim.encoder import GreenSwinConfig
+from tenfold.mim.greenmim import GreenMIMConfig
 
 #: The tiny model: 96-px images, 4-px patches, three stages (mask unit 16 px, 6x6 units, 9 kept at ratio 0.75),
 #: window 3, so stages 1-2 (144 and 36 visible tokens) run in grouping mode and stage 3 in masking mode.
-TINY = {
-    "img_size": 96,
-    "patch_size": 4,
-    "embed_dim": 16,
-    "depths": [2, 2, 2],
-    "num_heads": [1, 2, 4],
-    "window_size": 3,
-    "decoder_embed_dim": 64,
-    "decoder_num_heads": 4,
-    "norm_pix_loss": False,
-}
+TINY = GreenMIMConfig(
+    encoder=GreenSwinConfig(
+        img_size=96, patch_size=4, embed_dim=16, depths=(2, 2, 2), num_heads=(1, 2, 4), window_size=3
+    ),
+    decoder_embed_dim=64,
+    decoder_num_heads=4,
+    norm_pix_loss=False,
+)
 
 #: The spec's section-7 model (``model_img96_ws3`` of the official reference data): four stages, depths
 #: [2, 2, 2, 1], window 3, mask unit 32 px, so 3x3 units of which int(9 * 0.25) = 2 stay visible; decoder as the
 #: reference configuration ``tiny_w3`` of tests/fixtures/greenmim (32-d, 1 block, 4 heads).
-SPEC7 = {
-    "img_size": 96,
-    "patch_size": 4,
-    "embed_dim": 16,
-    "depths": [2, 2, 2, 1],
-    "num_heads": [1, 2, 4, 8],
-    "window_size": 3,
-    "decoder_embed_dim": 32,
-    "decoder_num_heads": 4,
-    "norm_pix_loss": False,
-}
+SPEC7 = GreenMIMConfig(
+    encoder=GreenSwinConfig(
+        img_size=96, patch_size=4, embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=3
+    ),
+    decoder_embed_dim=32,
+    decoder_num_heads=4,
+    norm_pix_loss=False,
+)
 
 #: What the spec (section 7) states for SPEC7 on its smooth images.
 SPEC7_EXPECTED = "1.08 -> about 0.42 within 100 steps, 0.41-0.45 up to 600"
 
 
-def make_task(official_decoder_order: bool = True, lr: float = 1e-3, config: dict[str, Any] | None = None):
+def make_task(official_decoder_order: bool = True, lr: float = 1e-3, config: GreenMIMConfig | None = None):
     """A tiny pre-training task (AdamW (0.9, 0.95), weight decay 0.05, constant lr); ``config`` defaults to TINY."""
     from tenfold.engine.optim import OptimConfig
     from tenfold.mim.task import GreenMIMTask
 
-    optim = OptimConfig(opt="adamw", lr=lr, weight_decay=0.05, sched="none")
-    return GreenMIMTask(**(config or TINY), official_decoder_order=official_decoder_order, optim=optim)
+    optim = OptimConfig(opt="adamw", lr=lr, weight_decay=0.05, sched="none", opt_betas=(0.9, 0.95))
+    greenmim = replace(config or TINY, official_decoder_order=official_decoder_order)
+    return GreenMIMTask(greenmim, optim=optim)
 
 
 def make_data(source: str = "gradients", batch_size: int = 16):
@@ -68,7 +66,7 @@ def plot_loss_curves(histories: dict[str, list[dict[str, float]]], path: Path) -
     return plot_curves(curves, path, ylabel="validation masked-unit MSE")
 
 
-def step_times(config: dict[str, Any], batch_size: int = 16, steps: int = 20, warmup: int = 3) -> dict[str, float]:
+def step_times(config: GreenMIMConfig, batch_size: int = 16, steps: int = 20, warmup: int = 3) -> dict[str, float]:
     """Median seconds per training step of GreenMIM and of a dense SimMIM-style model with the same encoder.
 
     A step is forward, loss, backward and AdamW, in one plain loop per model (no Lightning), on this process's threads.
@@ -88,15 +86,16 @@ def step_times(config: dict[str, Any], batch_size: int = 16, steps: int = 20, wa
     from tenfold.mim.data import make_gradient_images
     from tenfold.mim.greenmim import GreenMIM, masked_pixel_loss
 
+    enc = config.encoder
     torch.manual_seed(0)
-    images = make_gradient_images(batch_size, config["img_size"], seed=5)
-    green = GreenMIM(**config)
+    images = make_gradient_images(batch_size, enc.img_size, seed=5)
+    green = GreenMIM(config)
     unit, grid = green.unit, green.encoder.unit_grid
-    arch = {k: config[k] for k in ("img_size", "patch_size", "embed_dim", "depths", "num_heads", "window_size")}
+    arch = {k: getattr(enc, k) for k in ("img_size", "patch_size", "embed_dim", "depths", "num_heads", "window_size")}
     dense = SwinTransformer(num_classes=0, norm_layer=torch.nn.LayerNorm, **arch)
-    mask_token = torch.nn.Parameter(torch.zeros(1, 1, 1, config["embed_dim"]))
+    mask_token = torch.nn.Parameter(torch.zeros(1, 1, 1, enc.embed_dim))
     head = torch.nn.Linear(dense.num_features, unit * unit * 3)
-    up = config["img_size"] // config["patch_size"] // grid[0]
+    up = enc.img_size // enc.patch_size // grid[0]
 
     def green_loss(um: Any) -> torch.Tensor:
         return green(images, um).loss
@@ -269,8 +268,8 @@ def _initial_val_loss(task: Any, data: Any, seed: int) -> float:
     import torch
 
     pl.seed_everything(seed, verbose=False)
-    config = {k: task.hparams[k] for k in SPEC7}
-    fresh = make_task(task.hparams.official_decoder_order, config=config)
+    config = task.model.config
+    fresh = make_task(config.official_decoder_order, config=config)
     data.setup("validate")
     loader = data.val_dataloader()
     total, count = 0.0, 0

@@ -10,7 +10,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from tenfold.engine.optim import OptimConfig, configure_optimizers, timm_scheduler_step
-from tenfold.mim.greenmim import GreenMIM, GroupSizeRule
+from tenfold.mim.greenmim import GreenMIM, GreenMIMConfig
 
 __all__ = ["GreenMIMTask"]
 
@@ -28,12 +28,13 @@ class GreenMIMTask(pl.LightningModule):
     the same mask sequence.
 
     Args:
-        img_size, patch_size, embed_dim, depths, num_heads, window_size, drop_path_rate, decoder_embed_dim,
-            decoder_depth, decoder_num_heads, norm_pix_loss, mask_ratio, per_sample_mask, official_decoder_order,
-            group_size_rule, fused_attn: the model (:class:`~tenfold.mim.greenmim.GreenMIM`; Swin-B/w7 defaults).
-        betas: AdamW betas ((0.9, 0.95) in the official recipe; set on the optimiser built from ``optim``).
-        optim: optimiser and schedule (timm names). Weight decay skips 1-D parameters, the relative-position bias
-            tables and the mask token (``GreenMIM.no_weight_decay``), as the official code does.
+        greenmim: the model (:class:`~tenfold.mim.greenmim.GreenMIMConfig`, the encoder's settings nested under
+            ``encoder``); None: Swin-B/w7 with the official decoder, mask and loss.
+        optim: optimiser and schedule (timm names); None: AdamW lr 1.5e-4, betas (0.9, 0.95) (``opt_betas``, the
+            official value), weight decay 0.05, cosine. A given ``optim`` sets its own betas: without ``opt_betas``
+            timm's default (0.9, 0.999) applies, so the recipes set ``opt_betas: [0.9, 0.95]``. Weight decay skips
+            1-D parameters, the relative-position bias tables and the mask token (``GreenMIM.no_weight_decay``), as
+            the official code does.
         val_mask_seed: seed of the validation masks.
         mask_seed: base seed of the training masks (rank r uses ``mask_seed + r``); None: the run's seed, i.e.
             LightningCLI's ``seed_everything`` (read back as ``torch.initial_seed()`` in :meth:`setup`).
@@ -44,50 +45,20 @@ class GreenMIMTask(pl.LightningModule):
 
     def __init__(
         self,
-        img_size: int = 224,
-        patch_size: int = 4,
-        embed_dim: int = 128,
-        depths: list[int] | tuple[int, ...] = (2, 2, 18, 2),
-        num_heads: list[int] | tuple[int, ...] = (4, 8, 16, 32),
-        window_size: int = 7,
-        drop_path_rate: float = 0.0,
-        decoder_embed_dim: int = 512,
-        decoder_depth: int = 1,
-        decoder_num_heads: int = 16,
-        norm_pix_loss: bool = True,
-        mask_ratio: float = 0.75,
-        per_sample_mask: bool = False,
-        official_decoder_order: bool = True,
-        group_size_rule: GroupSizeRule = "min_feasible",
-        fused_attn: bool = True,
-        betas: tuple[float, float] = (0.9, 0.95),
+        greenmim: GreenMIMConfig | None = None,
         optim: OptimConfig | None = None,
         val_mask_seed: int = 0,
         mask_seed: int | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optim"])
-        self.optim = optim or OptimConfig(opt="adamw", lr=1.5e-4, weight_decay=0.05, sched="cosine")
-        self.hparams["optim"] = asdict(self.optim)
-        self.model = GreenMIM(
-            img_size=img_size,
-            patch_size=patch_size,
-            embed_dim=embed_dim,
-            depths=depths,
-            num_heads=num_heads,
-            window_size=window_size,
-            drop_path_rate=drop_path_rate,
-            decoder_embed_dim=decoder_embed_dim,
-            decoder_depth=decoder_depth,
-            decoder_num_heads=decoder_num_heads,
-            norm_pix_loss=norm_pix_loss,
-            mask_ratio=mask_ratio,
-            per_sample_mask=per_sample_mask,
-            official_decoder_order=official_decoder_order,
-            group_size_rule=group_size_rule,
-            fused_attn=fused_attn,
+        self.save_hyperparameters(ignore=["greenmim", "optim"])
+        config = greenmim or GreenMIMConfig()
+        self.hparams["greenmim"] = asdict(config)
+        self.optim = optim or OptimConfig(
+            opt="adamw", lr=1.5e-4, weight_decay=0.05, sched="cosine", opt_betas=(0.9, 0.95)
         )
-        self.betas = tuple(betas)
+        self.hparams["optim"] = asdict(self.optim)
+        self.model = GreenMIM(config)
         self.val_mask_seed = val_mask_seed
         self.mask_seed = mask_seed
         self.mask_generator: torch.Generator | None = None
@@ -113,7 +84,7 @@ class GreenMIMTask(pl.LightningModule):
         return self.mask_generator
 
     def training_mask(self, batch_size: int, device: torch.device | str | None = None):
-        """The next training :class:`~tenfold.mim.greenmim.UnitMask`, from this process's generator."""
+        """The next training :class:`~tenfold.mim.masking.UnitMask`, from this process's generator."""
         return self.model.random_mask(batch_size, generator=self._generator(), device=device)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -156,12 +127,7 @@ class GreenMIMTask(pl.LightningModule):
         self.log("val/loss", self.val_loss, prog_bar=True, batch_size=images.shape[0])
 
     def configure_optimizers(self) -> Any:  # noqa: D102
-        out = configure_optimizers(self, self.model, self.optim)
-        optimizer = out["optimizer"] if isinstance(out, dict) else out
-        if self.optim.opt.lower() in ("adamw", "adam"):
-            for group in optimizer.param_groups:
-                group["betas"] = self.betas
-        return out
+        return configure_optimizers(self, self.model, self.optim)
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:  # noqa: D102
         timm_scheduler_step(self, scheduler)
