@@ -16,6 +16,7 @@ from tenfold.mim.data import MIMImageData, make_gradient_images
 from tenfold.mim.demo import _initial_val_loss, make_data, make_task
 from tenfold.mim.encoder import GreenSwinConfig
 from tenfold.mim.greenmim import GreenMIM, GreenMIMConfig
+from tenfold.utils.config import config_from
 
 from conftest import run_tenfold
 
@@ -132,7 +133,7 @@ def test_recipes_build_their_models():
     assert args["optim"]["warmup_epochs"] == 40 and args["optim"]["warmup_prefix"] is True
     tiny = yaml.safe_load((REPO / "configs" / "mim" / "tiny.yaml").read_text())
     mim = tiny["model"]["init_args"]["greenmim"]
-    task = GreenMIMTask(GreenMIMConfig.from_dict(mim))
+    task = GreenMIMTask(config_from(GreenMIMConfig, mim))
     assert task.model.num_units == 36
     # the official AdamW betas come from the optimiser settings (the task has no betas of its own)
     assert args["optim"]["opt_betas"] == tiny["model"]["init_args"]["optim"]["opt_betas"] == [0.9, 0.95]

@@ -18,6 +18,7 @@ import tenfold.models  # noqa: F401  (registers the tenfold architectures with t
 from tenfold.engine.optim import OptimConfig, configure_optimizers, timm_scheduler_step
 from tenfold.engine.rundir import last_checkpoint
 from tenfold.utils.checkpoint import load_checkpoint, load_state_dict_strict, unwrap_state_dict
+from tenfold.utils.config import config_from
 
 __all__ = [
     "ClassificationTask",
@@ -226,9 +227,9 @@ class ClassificationTask(ClassifierTaskBase):
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         # checkpoints must hold plain values only (they are read back with weights_only=True)
         self.save_hyperparameters(ignore=["optim", "mixup"])
-        self.optim = optim or OptimConfig()
+        self.optim = config_from(OptimConfig, optim) or OptimConfig()
         self.hparams["optim"] = asdict(self.optim)
-        self.mixup = mixup or MixupConfig()
+        self.mixup = config_from(MixupConfig, mixup) or MixupConfig()
         self.hparams["mixup"] = asdict(self.mixup)
         self._mix = None
         if self.mixup.active:

@@ -19,6 +19,7 @@ from torch import nn
 from tenfold.classification.task import ClassifierTaskBase, classification_metrics, create_model
 from tenfold.distill.taps import LOGITS, FeatureTaps
 from tenfold.engine.optim import OptimConfig
+from tenfold.utils.config import config_from
 
 __all__ = ["DistillTerm", "DistillationTask"]
 
@@ -98,7 +99,7 @@ class DistillationTask(ClassifierTaskBase):
                 "model.init_args.teacher_weights is required: a tenfold checkpoint or a state dict of the teacher"
             )
         terms = list(terms or [])
-        self.optim = optim or OptimConfig()
+        self.optim = config_from(OptimConfig, optim) or OptimConfig()
         # checkpoints must hold plain values only (they are read back with weights_only=True)
         self.save_hyperparameters(ignore=["terms", "optim"])
         self.hparams["optim"] = asdict(self.optim)

@@ -22,10 +22,9 @@ of that behaviour, one module per role, in the order data flows through them:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from timm.models.vision_transformer import Block
@@ -153,16 +152,6 @@ class GreenMIMConfig:
     mask_ratio: float = 0.75
     per_sample_mask: bool = False
     official_decoder_order: bool = True
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> GreenMIMConfig:
-        """The config from its :func:`dataclasses.asdict` form (e.g. the ``greenmim`` hyperparameters of a checkpoint).
-
-        Raises:
-            TypeError: an unknown key.
-        """
-        values = dict(values)
-        return cls(encoder=GreenSwinConfig(**values.pop("encoder", {})), **values)
 
 
 class GreenMIMOutput(NamedTuple):

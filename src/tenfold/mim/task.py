@@ -11,6 +11,7 @@ from torchmetrics import MeanMetric
 
 from tenfold.engine.optim import OptimConfig, configure_optimizers, timm_scheduler_step
 from tenfold.mim.greenmim import GreenMIM, GreenMIMConfig
+from tenfold.utils.config import config_from
 
 __all__ = ["GreenMIMTask"]
 
@@ -52,9 +53,9 @@ class GreenMIMTask(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["greenmim", "optim"])
-        config = greenmim or GreenMIMConfig()
+        config = config_from(GreenMIMConfig, greenmim) or GreenMIMConfig()
         self.hparams["greenmim"] = asdict(config)
-        self.optim = optim or OptimConfig(
+        self.optim = config_from(OptimConfig, optim) or OptimConfig(
             opt="adamw", lr=1.5e-4, weight_decay=0.05, sched="cosine", opt_betas=(0.9, 0.95)
         )
         self.hparams["optim"] = asdict(self.optim)
