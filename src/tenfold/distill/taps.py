@@ -9,12 +9,15 @@ Example:
     >>> with taps:
     ...     logits = model(images)
     >>> feature = taps["layer3"]          # (B, C, H, W)
+
+A ``transform`` may also replace what a tapped module returns (MasKD stage 1 swaps a detector's FPN levels for
+their masked versions, :class:`tenfold.distill.maskd.MaskedFeatures`); the record keeps the original output.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -33,13 +36,18 @@ class FeatureTaps:
         model: the network to tap.
         names: dotted module paths as printed by ``model.named_modules()``; ``"logits"`` is accepted and ignored
             (the caller uses the model's return value).
+        transform: optional ``transform(name, output) -> new_output``, called in the hook after recording; a
+            result other than ``None`` replaces the module's output for the rest of the forward.
 
     Raises:
         ValueError: a name is not a submodule of ``model`` (the message lists the closest valid names).
     """
 
-    def __init__(self, model: nn.Module, names: Iterable[str]) -> None:
+    def __init__(
+        self, model: nn.Module, names: Iterable[str], transform: Callable[[str, Any], Any] | None = None
+    ) -> None:
         self.model = model
+        self.transform = transform
         modules = dict(model.named_modules())
         self.names = [n for n in dict.fromkeys(names) if n != LOGITS]
         for name in self.names:
@@ -54,9 +62,11 @@ class FeatureTaps:
         self._records: dict[str, torch.Tensor] = {}
 
     def _hook(self, name: str):
-        def record(module: nn.Module, args: Any, output: Any) -> None:
+        def record(module: nn.Module, args: Any, output: Any) -> Any:
             # some blocks return tuples (e.g. (features, attention)); the first element is the feature
             self._records[name] = output[0] if isinstance(output, tuple | list) else output
+            # a forward hook's non-None return value replaces the module's output
+            return None if self.transform is None else self.transform(name, output)
 
         return record
 
