@@ -66,8 +66,36 @@ def test_demo_figures_after_two_steps(tmp_path, one_thread):
     assert float(torch.as_tensor(image).std()) > 0.01  # not a blank canvas
 
 
-def test_demo_step_times_cover_both_models(one_thread):
-    from tenfold.mim.demo import SPEC7, step_times
+def test_demo_step_times_are_medians_of_timed_optimiser_steps(monkeypatch, one_thread):
+    """Each model's result is the median over its timed steps (warm-up left out), a step ending with its update.
 
-    times = step_times(SPEC7, batch_size=2, steps=1, warmup=0)
-    assert set(times) == {"greenmim", "dense"} and all(v > 0 for v in times.values())
+    The clock is replaced by one that advances only when an optimiser steps, by scripted durations, so the expected
+    medians are known without timing this machine.
+    """
+    from types import SimpleNamespace
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    import tenfold.mim.demo as demo
+
+    # per model: one warm-up step, then three timed ones (median and mean differ, so a mean would be caught)
+    script = {"greenmim": [100.0, 1.0, 5.0, 6.0], "dense": [100.0, 30.0, 10.0, 11.0]}
+    durations = [*script["greenmim"], *script["dense"]]
+    clock = {"now": 0.0, "steps": 0}
+    updated: list[int] = []
+
+    def after_step(optimizer, args, kwargs):
+        clock["now"] += durations[clock["steps"]]
+        clock["steps"] += 1
+        updated.append(sum(p.numel() for group in optimizer.param_groups for p in group["params"]))
+
+    monkeypatch.setattr(demo, "time", SimpleNamespace(perf_counter=lambda: clock["now"]))
+    handle = register_optimizer_step_post_hook(after_step)
+    try:
+        times = demo.step_times(demo.SPEC7, batch_size=2, steps=3, warmup=1)
+    finally:
+        handle.remove()
+    assert times == {"greenmim": 5.0, "dense": 11.0}
+    # 4 updates of one parameter set, then 4 of another (GreenMIM, then the dense Swin with its mask token and head)
+    assert len(updated) == 8 and len(set(updated[:4])) == 1 and len(set(updated[4:])) == 1
+    assert updated[0] != updated[4]
