@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from tenfold.data.builtin import make_speech
+from tenfold.data.synthetic import make_speech
 from tenfold.speech.cli import enhance_main
 from tenfold.speech.data import resample
 from tenfold.speech.enhance import chunk_plan, enhance_waveform

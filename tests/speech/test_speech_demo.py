@@ -43,7 +43,7 @@ def test_the_demo_model_file_is_self_describing_and_enhance_takes_it_as_it_is(tm
 
     import tenfold.engine.quick
     from tenfold.cli import main
-    from tenfold.data.builtin import make_speech
+    from tenfold.data.synthetic import make_speech
     from tenfold.engine.quick import QuickRun
     from tenfold.speech.demo import _train_worker
     from tenfold.speech.enhance import enhance_waveform

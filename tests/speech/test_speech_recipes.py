@@ -13,7 +13,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from tenfold.data.builtin import make_speech
+from tenfold.data.synthetic import make_speech
 from tenfold.engine.lightning_cli import run_lightning_cli
 from tenfold.speech.cli import enhance_main, run_checkpoint
 

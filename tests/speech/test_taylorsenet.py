@@ -11,6 +11,7 @@ import pytest
 import torch
 from parity import assert_float32_close, assert_matches_official
 
+from tenfold.speech.loss import ComMagEuclideanLoss
 from tenfold.speech.stft import (
     STFTConfig,
     apply_scale,
@@ -22,7 +23,6 @@ from tenfold.speech.stft import (
 from tenfold.speech.taylorsenet import (
     PAPER_CONFIG,
     SMALL_CONFIG,
-    ComMagEuclideanLoss,
     TaylorSENet,
     frequency_chain,
     load_taylorsenet,

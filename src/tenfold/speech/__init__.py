@@ -3,11 +3,11 @@
 >>> from tenfold.speech import TaylorSENet, ComMagEuclideanLoss, stft_compress, istft_decompress
 """
 
+from tenfold.speech.loss import ComMagEuclideanLoss
 from tenfold.speech.stft import STFTConfig, istft_decompress, stft_compress, variance_norm_scale
 from tenfold.speech.taylorsenet import (
     PAPER_CONFIG,
     SMALL_CONFIG,
-    ComMagEuclideanLoss,
     TaylorOutput,
     TaylorSENet,
     load_taylorsenet,

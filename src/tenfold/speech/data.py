@@ -104,7 +104,7 @@ class _Pairs(Dataset):
 
 
 class BuiltinSpeech(_Pairs):
-    """Noisy/clean pairs from :func:`tenfold.data.builtin.make_speech` (generated once, kept in memory).
+    """Noisy/clean pairs from :func:`tenfold.data.synthetic.make_speech` (generated once, kept in memory).
 
     Args:
         n: utterances.
@@ -126,7 +126,7 @@ class BuiltinSpeech(_Pairs):
         chunk_seconds: float | None = None,
         variance_norm: bool = True,
     ) -> None:
-        from tenfold.data.builtin import make_speech
+        from tenfold.data.synthetic import make_speech
 
         super().__init__(chunk_seconds, 16000, variance_norm)
         self.clean, self.noisy = make_speech(n, seed=seed, split=split, seconds=seconds, snr_db=tuple(snr_db))

@@ -152,7 +152,7 @@ def _train_worker(
 
 def _seconds_per_step(order: int, seed: int) -> float:
     """Time of one training step of the small model on one thread (after a warm-up step)."""
-    from tenfold.data.builtin import make_speech
+    from tenfold.data.synthetic import make_speech
     from tenfold.speech.stft import stft_compress
 
     task = _task(order)
@@ -250,7 +250,7 @@ def _train_both(ctx: DemoContext, steps: int, deadline: float, parallel: bool) -
 
 
 def _run(ctx: DemoContext) -> DemoResult:
-    from tenfold.data.builtin import make_speech
+    from tenfold.data.synthetic import make_speech
     from tenfold.speech.bench import usable_cpus
     from tenfold.speech.enhance import enhance_waveform, load_enhancement_model
     from tenfold.speech.metrics import speech_metrics

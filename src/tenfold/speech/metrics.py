@@ -1,7 +1,18 @@
 """Speech enhancement metrics: WB-PESQ, NB-PESQ, STOI, SI-SDR, segmental SNR and the composite CSIG/CBAK/COVL.
 
 Every function takes a clean reference and an estimate as (L,) or (B, L) tensors or arrays at ``fs`` Hz and returns
-one value per utterance, a (B,) float64 tensor. PESQ uses the ``pesq`` package (ITU-T P.862.2 wide band, and P.862
+one value per utterance, a (B,) float64 tensor.
+
+Argument order: **reference first**, ``(clean, estimate)``, in every function and in :meth:`SpeechMetrics.update`
+(and in :func:`tenfold.speech.task.si_snr`). It is the order of the tools these numbers are compared with: ``pesq``'s
+``pesq(fs, ref, deg)``, ``pystoi``'s ``stoi(clean, denoised, fs)`` and Loizou's ``composite(cleanFile,
+enhancedFile)``, in which published PESQ/STOI/CSIG/CBAK/COVL tables are computed. torchmetrics' own convention is
+``(preds, target)``, the reverse; the wrappers here swap for it internally, and :class:`SpeechMetrics` follows this
+module rather than torchmetrics, so one order holds across the speech package (call it with keywords,
+``update(clean=..., estimate=...)``, when it sits next to torchmetrics' own metrics). The order matters: PESQ, STOI,
+segSNR, LLR and the composite measures are not symmetric (SI-SDR and WSS are). The training loss is a torch
+criterion and keeps torch's ``(input, target)`` order (:class:`tenfold.speech.loss.ComMagEuclideanLoss`, whose value
+is symmetric in its two arguments). PESQ uses the ``pesq`` package (ITU-T P.862.2 wide band, and P.862
 narrow band mapped to MOS-LQO by P.862.1); STOI and SI-SDR come from torchmetrics (STOI wraps ``pystoi``). A silent
 (all-zero) reference or estimate raises ``ValueError``: every metric here is undefined or meaningless for it.
 
@@ -16,6 +27,12 @@ TASLP 2008), as in Loizou's ``composite.m``:
   CSIG = 3.093 - 1.029 LLR + 0.603 PESQ - 0.009 WSS,
   CBAK = 1.634 + 0.478 PESQ - 0.007 WSS + 0.063 segSNR,
   COVL = 1.594 + 0.805 PESQ - 0.512 LLR - 0.007 WSS, each clipped to [1, 5].
+
+An exactly silent stretch of the reference (digital zeros, such as the pauses of the built-in generator) makes the
+LPC normal equations singular (``composite.m``'s eps offset leaves a condition number near 1e15): the LLR of those
+frames is a large rounding artefact that differs between correct implementations (the built-in utterances reach a
+mean LLR of 12-14), and CSIG / COVL then clip at 1. Recordings have a noise floor, on which the measures are well
+defined (``tests/speech/test_speech_metrics.py`` checks them against an independent float64 reference there).
 
 PESQ here is wide-band PESQ, as in the VoiceBank+DEMAND tables of recent papers (the original used raw narrow-band
 PESQ). The DNS-Challenge tables of the paper also report NB-PESQ (:func:`pesq_nb`). PESQ raises "no utterances
@@ -335,6 +352,9 @@ def speech_metrics(clean: Any, estimate: Any, fs: int = 16000, metrics: Sequence
 class SpeechMetrics(Metric):
     """Running means of :func:`speech_metrics` over batches; exact across processes (sum and count states).
 
+    ``update(clean, estimate)`` takes the reference first, like the functions (the reverse of torchmetrics'
+    ``(preds, target)``): pass keywords when mixing it with torchmetrics' own metrics.
+
     Args:
         fs: sample rate of the audio passed to :meth:`update`.
         metrics: names from :data:`METRICS`.
@@ -354,8 +374,12 @@ class SpeechMetrics(Metric):
         self.add_state("sums", default=torch.zeros(len(self.names), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, estimate: Tensor, clean: Tensor) -> None:
-        """Add a batch of estimates and references (B, L) (torchmetrics order: predictions first)."""
+    def update(self, clean: Tensor, estimate: Tensor) -> None:
+        """Add a batch of references and estimates (B, L).
+
+        Reference first, as every function of this module (not torchmetrics' ``(preds, target)``; see the module
+        docstring).
+        """
         values = speech_metrics(clean, estimate, self.fs, self.names)
         self.sums += torch.stack([values[m].sum() for m in self.names]).to(self.sums)
         self.count += values[self.names[0]].numel()

@@ -17,8 +17,10 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from tenfold.engine.optim import OptimConfig, configure_optimizers, timm_scheduler_step
+from tenfold.speech.loss import ComMagEuclideanLoss
 from tenfold.speech.stft import STFTConfig, apply_scale, frame_counts, istft_decompress, stft_compress
-from tenfold.speech.taylorsenet import PAPER_CONFIG, ComMagEuclideanLoss, TaylorSENet, load_taylorsenet
+from tenfold.speech.taylorsenet import PAPER_CONFIG, TaylorSENet, load_taylorsenet
+from tenfold.utils.config import config_from
 
 __all__ = ["EnhancementTask", "HalveOnPlateau", "official_optim", "si_snr"]
 
@@ -28,16 +30,18 @@ def official_optim() -> OptimConfig:
     return OptimConfig(opt="adam", lr=2e-4, weight_decay=1e-7, filter_bias_and_bn=False, sched="none")
 
 
-def si_snr(estimate: Tensor, reference: Tensor, lengths: Tensor | None = None) -> Tensor:
+def si_snr(clean: Tensor, estimate: Tensor, lengths: Tensor | None = None) -> Tensor:
     """The official validation SI-SNR in dB (no mean removal, 1e-8 floors), per utterance, over valid samples.
 
-    ``s = <e, r> / (|r|^2 + 1e-8) r``; ``SI-SNR = 10 log10(|s|^2 + 1e-8) - 10 log10(|e - s|^2 + 1e-8)``.
-    Zero padding beyond ``lengths`` is masked out, so padded batches give each utterance's own value.
+    ``s = <e, r> / (|r|^2 + 1e-8) r``; ``SI-SNR = 10 log10(|s|^2 + 1e-8) - 10 log10(|e - s|^2 + 1e-8)`` with r the
+    clean reference and e the estimate. Reference first, as every metric of :mod:`tenfold.speech.metrics` (the
+    value is symmetric in r and e up to the floors). Zero padding beyond ``lengths`` is masked out, so padded
+    batches give each utterance's own value.
     """
     if lengths is not None:
         mask = (torch.arange(estimate.shape[-1], device=estimate.device) < lengths[:, None]).to(estimate.dtype)
-        estimate, reference = estimate * mask, reference * mask
-    e, r = estimate.double(), reference.double()
+        estimate, clean = estimate * mask, clean * mask
+    e, r = estimate.double(), clean.double()
     scale = (e * r).sum(-1, keepdim=True) / (r.pow(2).sum(-1, keepdim=True) + 1e-8)
     target = scale * r
     return 10 * torch.log10(target.pow(2).sum(-1) + 1e-8) - 10 * torch.log10((e - target).pow(2).sum(-1) + 1e-8)
@@ -113,7 +117,7 @@ class EnhancementTask(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optim"])
-        self.optim = optim or official_optim()
+        self.optim = config_from(OptimConfig, optim) or official_optim()
         self.hparams["optim"] = asdict(self.optim)
         kwargs = {**PAPER_CONFIG, **(model_kwargs or {})}
         self.hparams["model_kwargs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
@@ -151,7 +155,7 @@ class EnhancementTask(pl.LightningModule):
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:  # noqa: D102
         noisy, clean, lengths, _ = batch
         self.val_loss.update(self._loss(batch), weight=noisy.shape[0])
-        self.val_si_snr.update(si_snr(self.enhance(noisy, lengths), clean, lengths))
+        self.val_si_snr.update(si_snr(clean, self.enhance(noisy, lengths), lengths))
         self.log("val/loss", self.val_loss, batch_size=noisy.shape[0])
         self.log("val/si_snr", self.val_si_snr, prog_bar=True, batch_size=noisy.shape[0])
 
@@ -162,7 +166,7 @@ class EnhancementTask(pl.LightningModule):
         clean = apply_scale(clean, c, inverse=True)
         for i in range(noisy.shape[0]):  # utterances have their own lengths: the metrics score each alone
             n = int(lengths[i])
-            self.test_quality.update(enhanced[i : i + 1, :n].cpu(), clean[i : i + 1, :n].cpu())
+            self.test_quality.update(clean[i : i + 1, :n].cpu(), enhanced[i : i + 1, :n].cpu())
         self.log("test/loss", self.test_loss, batch_size=noisy.shape[0])
 
     def on_test_epoch_end(self) -> None:  # noqa: D102

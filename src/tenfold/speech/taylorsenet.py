@@ -16,7 +16,8 @@ The clean compressed spectrum S is estimated as a truncated Taylor series around
   "derivative operator" (:class:`HighOrderBlock`) fed by the complex encoder's feature E, and ``k * U_{k-1}`` the
   product-rule term (0-based k, as the official code). No mask or activation on these residual terms.
 
-Layout: building blocks, the two order blocks, :class:`TaylorSENet`, the loss, then the checkpoint helpers.
+Layout: building blocks, the two order blocks, :class:`TaylorSENet`, then the checkpoint helpers. The official
+loss (``utils/loss.py``) is :class:`tenfold.speech.loss.ComMagEuclideanLoss`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import torch.nn as nn
 from torch import Tensor
 
 __all__ = [
-    "ComMagEuclideanLoss",
     "HighOrderBlock",
     "PAPER_CONFIG",
     "SMALL_CONFIG",
@@ -615,61 +615,6 @@ class TaylorSENet(nn.Module):
     def forward(self, spec: Tensor) -> Tensor:
         """Compressed clean estimate (B, 2, T, F) of the compressed noisy spectrum (B, 2, T, F)."""
         return self.forward_terms(spec).out
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Loss
-# --------------------------------------------------------------------------------------------------------------
-
-
-def frame_mask(frames: Tensor | list[int] | None, batch: int, num_frames: int, device: torch.device) -> Tensor:
-    """(B, T) float mask, 1 on the first ``frames[b]`` frames of each utterance (all ones if ``frames`` is None)."""
-    if frames is None:
-        return torch.ones(batch, num_frames, device=device)
-    frames = torch.as_tensor(frames, device=device)
-    if frames.shape != (batch,):
-        raise ValueError(f"frames must hold one count per utterance ({batch}), got shape {tuple(frames.shape)}")
-    return (torch.arange(num_frames, device=device) < frames[:, None]).float()
-
-
-class ComMagEuclideanLoss(nn.Module):
-    """The official loss: complex (RI) and magnitude distances on the compressed spectrum, over valid frames.
-
-    ``L = alpha * sum M (S_hat - S)^2 / sum M_RI + (1 - alpha) * sum M (|S_hat| - |S|)^2 / sum M_mag``
-
-    with M the valid-frame mask; the RI term averages over the B*2*T*F valid elements, the magnitude term over
-    B*T*F. ``l_type="L1"`` uses absolute values instead of squares. Only the final estimate is supervised.
-
-    Args:
-        alpha: weight of the RI term (0.5 in the paper).
-        l_type: ``L2`` (paper) or ``L1``.
-
-    Raises:
-        ValueError: ``alpha`` outside [0, 1] or an unknown ``l_type``.
-    """
-
-    def __init__(self, alpha: float = 0.5, l_type: str = "L2") -> None:
-        super().__init__()
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        if l_type.upper() not in ("L1", "L2"):
-            raise ValueError(f"l_type must be 'L1' or 'L2', got {l_type!r}")
-        self.alpha = alpha
-        self.l_type = l_type.upper()
-
-    def forward(self, est: Tensor, target: Tensor, frames: Tensor | list[int] | None = None) -> Tensor:
-        """Scalar loss of estimates and targets (B, 2, T, F); ``frames`` (B,) are the valid frames per utterance."""
-        if est.shape != target.shape or est.dim() != 4 or est.shape[1] != 2:
-            raise ValueError(
-                f"est and target must both be (B, 2, T, F), got {tuple(est.shape)} and {tuple(target.shape)}"
-            )
-        mask = frame_mask(frames, est.shape[0], est.shape[2], est.device).to(est.dtype)[:, :, None]  # (B, T, 1)
-        dist = torch.square if self.l_type == "L2" else torch.abs
-        n_mag = mask.sum() * est.shape[-1]
-        loss_ri = (dist(est - target) * mask[:, None]).sum() / (2 * n_mag)
-        mag_diff = torch.linalg.vector_norm(est, dim=1) - torch.linalg.vector_norm(target, dim=1)
-        loss_mag = (dist(mag_diff) * mask).sum() / n_mag
-        return self.alpha * loss_ri + (1 - self.alpha) * loss_mag
 
 
 # --------------------------------------------------------------------------------------------------------------
