@@ -40,9 +40,10 @@ class FakeChatServer:
 
     A step is a dict: ``{"reply": text}``, ``{"status": 500}`` (an HTTP error with a JSON error body),
     ``{"delay": seconds, "reply": text}`` (answers late, to provoke a client timeout), ``{"reply": None}`` (a
-    completion whose message content is null), or ``{"body": text, "content_type": ...}`` (HTTP 200 with that raw
-    body, e.g. a proxy's HTML page or JSON of another shape). Every request is recorded with its headers and JSON
-    body.
+    completion whose message content is null), or ``{"body": text, "content_type": ...}`` (HTTP 200, or the step's
+    ``status``, with that raw body, e.g. a proxy's HTML page or JSON of another shape). Any step may add
+    ``"headers": {name: value}`` to the response (e.g. ``Retry-After``). Every request is recorded with its headers
+    and JSON body.
     """
 
     def __init__(self, script: list[dict[str, Any]]) -> None:
@@ -68,7 +69,7 @@ class FakeChatServer:
                     time.sleep(step["delay"])
                 content_type = step.get("content_type", "application/json")
                 if "body" in step:
-                    payload, code = step["body"].encode(), 200
+                    payload, code = step["body"].encode(), step.get("status", 200)
                 elif "status" in step:
                     payload = json.dumps({"error": {"message": "scripted failure", "type": "server_error"}}).encode()
                     code = step["status"]
@@ -85,6 +86,8 @@ class FakeChatServer:
                 try:
                     self.send_response(code)
                     self.send_header("Content-Type", content_type)
+                    for name, value in step.get("headers", {}).items():
+                        self.send_header(name, value)
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)
@@ -93,7 +96,8 @@ class FakeChatServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # a short poll so that shutdown() returns in 0.05 s, not the default 0.5 s (the tests start many servers)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def base_url(self) -> str:

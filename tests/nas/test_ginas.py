@@ -192,6 +192,45 @@ def test_http_errors_that_retrying_cannot_fix(chat_server):
         assert [e["attempt"] for e in events] == [1, 2, 3] and events[-1]["retry_in_s"] is None
 
 
+def test_retries_wait_our_backoff_or_the_servers_retry_after(scripted_run, chat_server):
+    # the openai client retries; the waits are OpenAIChat's backoff (0.01 s doubling), recorded before each retry
+    _, server, path = scripted_run
+    errors = [r for r in Transcript.read(path) if r["type"] == "error"]
+    assert [(e["attempt"], e["retry_in_s"]) for e in errors] == [(1, 0.01), (2, 0.02)]
+    assert [r["headers"]["x-stainless-retry-count"] for r in server.requests[1:4]] == ["0", "1", "2"]
+    # a server's Retry-After wins over the backoff (10 s here: the test would take that long if it were used)
+    with chat_server([{"status": 429, "headers": {"retry-after-ms": "50"}}, {"reply": "[1]"}]) as server:
+        chat = OpenAIChat("m", base_url=server.base_url, timeout=2, retries=1, backoff_s=10)
+        events = []
+        assert chat.complete([{"role": "user", "content": "hi"}], on_error=events.append).content == "[1]"
+    assert len(events) == 1 and events[0]["retry_in_s"] == pytest.approx(0.05) and "HTTP 429" in events[0]["error"]
+    # HTTP failures and bad replies share one budget of retries, numbered in one sequence
+    with chat_server([{"reply": None}, {"status": 500}, {"status": 500}, {"reply": "[1]"}]) as server:
+        chat = OpenAIChat("m", base_url=server.base_url, timeout=2, retries=2, backoff_s=0)
+        events = []
+        with pytest.raises(ChatError, match="after 3 attempts; last error: HTTP 500"):
+            chat.complete([{"role": "user", "content": "hi"}], on_error=events.append)
+        assert len(server.requests) == 3
+    assert [(e["attempt"], e["retry_in_s"]) for e in events] == [(1, 0), (2, 0), (3, None)]
+    assert "content is null" in events[0]["error"]
+
+
+def test_the_key_is_redacted_from_error_bodies(chat_server, monkeypatch):
+    # servers quote a rejected key back ("Incorrect API key provided: sk-..."): neither entries nor errors show it
+    monkeypatch.setenv("TENFOLD_TEST_KEY", SECRET)
+    quoted = {"body": json.dumps({"error": {"message": f"key {SECRET} is rate limited"}}), "status": 429}
+    refused = {"body": json.dumps({"error": {"message": f"Incorrect API key provided: {SECRET}"}}), "status": 401}
+    with chat_server([quoted, refused]) as server:
+        chat = OpenAIChat("m", base_url=server.base_url, api_key_env="TENFOLD_TEST_KEY", timeout=2, retries=1,
+                          backoff_s=0)  # fmt: skip
+        events = []
+        with pytest.raises(ChatError, match="HTTP 401") as err:
+            chat.complete([{"role": "user", "content": "hi"}], on_error=events.append)
+        assert server.requests[0]["headers"]["authorization"] == f"Bearer {SECRET}"
+    assert len(events) == 1 and "HTTP 429: " in events[0]["error"] and "***" in events[0]["error"]
+    assert SECRET not in events[0]["error"] and SECRET not in str(err.value) and "***" in str(err.value)
+
+
 BAD_200 = {
     "html": {
         "body": "<!DOCTYPE html><html><body><h1>Sign in to continue</h1></body></html>",

@@ -12,7 +12,8 @@ import torch
 
 from tenfold.nas.ginas import GINAS
 from tenfold.nas.llm import ChatBackend, ChatReply
-from tenfold.nas.macro import MacroNet, TrainedMacroSpace, make_op
+from tenfold.nas.macro import MACRO_LAYERS, MacroNet, TrainedMacroSpace, make_op
+from tenfold.nas.spaces import MacroBenchSpace
 from tenfold.utils.flops import count_flops, count_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,6 +43,25 @@ def test_timm_registration_and_surface():
         make_op(3, 8, 8, 1)
     with pytest.raises(ValueError, match="layer 3 takes 16 channels but receives 8"):
         MacroNet(ops=[0, 0], layers=[(4, 8, 1), (16, 16, 1)], stem_chs=4)
+
+
+def test_the_table_prompt_describes_macronets_default_layers():
+    assert MacroBenchSpace.layers == MACRO_LAYERS  # MacroNet's default: the network of the table (test above)
+
+
+def test_import_tenfold_models_registers_it():
+    # the model contract (tests/models/test_models_contract.py) covers what `import tenfold.models` registers. In
+    # this process tenfold.nas.macro has imported the family already, so run the package's code again, afresh
+    import importlib.util
+
+    import tenfold.models
+    from tenfold.models import nas_macro
+
+    spec = importlib.util.spec_from_file_location("tenfold_models_afresh", tenfold.models.__file__)
+    afresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(afresh)
+    assert getattr(afresh, "nas_macro", None) is nas_macro
+    assert "nas_macro_cifar" in tenfold.models.list_models()
 
 
 def test_identity_op_is_identity_when_shapes_match():

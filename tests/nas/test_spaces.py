@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tenfold.nas.spaces import SPACES, load_space, round_half_up
+from tenfold.nas.spaces import SPACES, competition_ranks, load_space, round_half_up
 
 FILES = {
     "nas-bench-macro": "nas_bench_macro_cifar10.json",
@@ -115,6 +115,16 @@ def test_official_and_competition_ranks_of_the_mean(tables, name):
         ties = int((means == means[i]).sum())
         assert competition.evaluate(competition.decode(keys[i])).rank == 1 + better
         assert 1 + better <= ranks[i] <= better + ties
+
+
+def test_competition_ranks_on_ties():
+    # tied scores share the best of their ranks; the next distinct score skips the places they took
+    ranks = competition_ranks(np.array([92.5, 93.1, 93.1, 92.9, 93.1, 92.5, 90.0]))
+    assert ranks.tolist() == [5, 1, 1, 4, 1, 5, 7] and ranks.dtype == np.int64
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # many ties: the definition, 1 + the number of strictly higher scores
+        scores = rng.integers(0, 6, size=int(rng.integers(1, 40))).astype(float)
+        assert competition_ranks(scores).tolist() == [1 + int((scores > s).sum()) for s in scores]
 
 
 def test_nas_bench_201_ranks(tables):

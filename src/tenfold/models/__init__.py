@@ -11,6 +11,7 @@ from timm.models import get_arch_name, model_entrypoint
 
 from tenfold.models import (
     lightvit,  # noqa: F401  (registers LightViT-T/S/B)
+    nas_macro,  # noqa: F401  (registers the NAS-Bench-Macro network searched by GINAS)
     resnet_cifar,  # noqa: F401  (registers the CIFAR ResNets / WRNs)
 )
 

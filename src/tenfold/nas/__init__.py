@@ -1,13 +1,14 @@
 """Architecture search: GINAS (a chat LLM as the optimiser, arXiv:2304.10970) and baselines in the same harness.
 
 * :mod:`tenfold.nas.spaces`: benchmark tables (NAS-Bench-Macro, Channel-Bench-Macro, NAS-Bench-201) read from a
-  user path, with the task descriptions used in prompts.
+  user path; :mod:`tenfold.nas.prompts`: every text sent to the chat model (the spaces' task descriptions, the
+  round message, the follow-ups).
 * :mod:`tenfold.nas.llm`: chat backends (any OpenAI-compatible endpoint, replay of a transcript, a human at the
   console) and the transcript.
 * :mod:`tenfold.nas.ginas`: the GINAS loop; :mod:`tenfold.nas.baselines`: random search, regularised evolution,
   local search.
-* :mod:`tenfold.nas.macro`: a NAS-Bench-Macro-style space built as real modules and scored by training (importing
-  it registers the ``nas_macro_cifar`` model with timm).
+* :mod:`tenfold.nas.macro`: a NAS-Bench-Macro-style space scored by training its networks
+  (:class:`tenfold.models.nas_macro.MacroNet`, timm's ``nas_macro_cifar``).
 * :mod:`tenfold.nas.cli`: ``tenfold search``.
 """
 

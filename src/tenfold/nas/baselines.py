@@ -28,8 +28,11 @@ from tenfold.nas.spaces import Answer, SearchSpace
 __all__ = ["BASELINES", "local_search", "random_search", "regularized_evolution"]
 
 
-class _Budget:
-    """Evaluates distinct architectures until the budget is spent; remembers every score."""
+class _SearchLog:
+    """The log of one baseline search: every distinct architecture evaluated, its score, and the budget left.
+
+    An architecture is scored once; asking for it again returns the logged score and spends no budget.
+    """
 
     def __init__(
         self, space: SearchSpace, budget: int, name: str, seed: int, stop: Callable[[], bool] | None = None
@@ -43,15 +46,18 @@ class _Budget:
 
     @property
     def left(self) -> int:
+        """Evaluations left in the budget (0 once ``stop`` says so, after the first evaluation)."""
         if self.stop is not None and self.result.records and self.stop():
             self.result.stats["stopped_early"] = True
             return 0
         return self.result.budget - len(self.result.records)
 
     def seen(self, answer: Answer) -> bool:
+        """Whether ``answer`` is in the log."""
         return self.space.key(answer) in self.scores
 
     def evaluate(self, answer: Answer) -> float:
+        """The optimiser's score of ``answer``: logged (a new record) on its first evaluation, then reused."""
         key = self.space.key(answer)
         if key not in self.scores:
             evaluation = self.space.evaluate(answer)
@@ -80,10 +86,10 @@ def random_search(
         stop: checked before each evaluation after the first; True ends the search early (a time limit).
     """
     rng = random.Random(seed)
-    run = _Budget(space, budget, "random", seed, stop)
-    while run.left:
-        run.evaluate(run.fresh_random(rng))
-    return run.result
+    log = _SearchLog(space, budget, "random", seed, stop)
+    while log.left:
+        log.evaluate(log.fresh_random(rng))
+    return log.result
 
 
 def regularized_evolution(
@@ -110,24 +116,24 @@ def regularized_evolution(
     if not 1 <= sample <= population:
         raise ValueError(f"sample must be in 1..population ({population}), got {sample}")
     rng = random.Random(seed)
-    run = _Budget(space, budget, "evolution", seed, stop)
+    log = _SearchLog(space, budget, "evolution", seed, stop)
     alive: deque[tuple[Answer, float]] = deque()
-    while run.left and len(alive) < population:
-        answer = run.fresh_random(rng)
-        alive.append((answer, run.evaluate(answer)))
-    while run.left:
+    while log.left and len(alive) < population:
+        answer = log.fresh_random(rng)
+        alive.append((answer, log.evaluate(answer)))
+    while log.left:
         contenders = rng.sample(list(alive), sample)
         parent = max(contenders, key=lambda m: m[1])[0]
         child = parent
         for _ in range(100):  # a child that was already evaluated would spend no budget: mutate again
             child = space.mutate(parent, rng)
-            if not run.seen(child):
+            if not log.seen(child):
                 break
         else:
-            child = run.fresh_random(rng)
-        alive.append((child, run.evaluate(child)))
+            child = log.fresh_random(rng)
+        alive.append((child, log.evaluate(child)))
         alive.popleft()  # the oldest dies, whatever its score (the "regularised" part)
-    return run.result
+    return log.result
 
 
 def local_search(
@@ -142,26 +148,26 @@ def local_search(
         stop: checked before each evaluation after the first; True ends the search early (a time limit).
     """
     rng = random.Random(seed)
-    run = _Budget(space, budget, "local", seed, stop)
-    current = run.fresh_random(rng)
-    score = run.evaluate(current)
-    while run.left:
+    log = _SearchLog(space, budget, "local", seed, stop)
+    current = log.fresh_random(rng)
+    score = log.evaluate(current)
+    while log.left:
         neighbours = space.neighbours(current)
         rng.shuffle(neighbours)
         moved = False
         for neighbour in neighbours:
-            if not run.left:
+            if not log.left:
                 break
-            if run.seen(neighbour):
+            if log.seen(neighbour):
                 continue
-            value = run.evaluate(neighbour)
+            value = log.evaluate(neighbour)
             if value > score:
                 current, score, moved = neighbour, value, True
                 break
-        if not moved and run.left:  # a local optimum (or every neighbour already seen): restart
-            current = run.fresh_random(rng)
-            score = run.evaluate(current)
-    return run.result
+        if not moved and log.left:  # a local optimum (or every neighbour already seen): restart
+            current = log.fresh_random(rng)
+            score = log.evaluate(current)
+    return log.result
 
 
 #: The baselines by their ``tenfold search --optimizer`` names: ``fn(space, budget, seed) -> SearchResult``.

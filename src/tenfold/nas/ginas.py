@@ -28,7 +28,8 @@ Fidelity notes:
   same history-list rounds as the other benchmarks (with the NAS-Bench-201 task description and system message),
   which needs no human; the validation accuracy is fed back with three decimals as in that script, and the test
   accuracy of the validation-selected architecture is reported.
-* The prompt texts are our own words carrying the same information as the official prompts.
+* The prompt texts (:mod:`tenfold.nas.prompts`) are our own words carrying the same information as the official
+  prompts.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from tenfold.nas.llm import ChatBackend, ChatReply, Message, ReplayChat, Transcript
+from tenfold.nas.prompts import format_reminder, history_prompt, repeat_message
 from tenfold.nas.result import SearchRecord, SearchResult
-from tenfold.nas.spaces import Answer, SearchSpace, round_half_up
+from tenfold.nas.spaces import Answer, SearchSpace
 
 __all__ = ["GINAS", "history_prompt", "parse_answer"]
 
@@ -126,27 +128,6 @@ def parse_answer(reply: str, space: SearchSpace, seen: Iterable[str] = ()) -> An
             return valid[0][1]
     problems.sort(key=lambda p: not p[1])  # explicit lists first: digit strings are often numbers in prose
     raise ValueError("the list in your reply is not a valid answer: " + " | ".join(p[2] for p in problems[:3]))
-
-
-def history_prompt(space: SearchSpace, history: Sequence[tuple[Sequence[int], float]]) -> str:
-    """The user message of a round: task, results so far (rounded half up), the request, the format suffix.
-
-    Args:
-        space: the search space (its task description, nouns and decimals).
-        history: ``(answer, score)`` pairs in evaluation order, the score being what the optimiser sees.
-    """
-    text = space.task_prompt
-    if history:
-        d = space.prompt_decimals
-        lines = "".join(
-            f"{space.format_answer(a)}: {space.metric_noun} {round_half_up(acc, d):.{d}f}%\n" for a, acc in history
-        )
-        text += (
-            f"\nThese architectures have been trained and measured so far; use them as a reference:\n{lines}"
-            f"Suggest a new {space.answer_noun} that should reach a higher {space.metric_noun} than every result "
-            "above.\n"
-        )
-    return text + space.format_suffix
 
 
 class GINAS:
@@ -315,7 +296,7 @@ class GINAS:
                 try:
                     answer = parse_answer(reply.content, self.space, seen=scores if self.dedupe else ())
                 except ValueError as err:
-                    problem = f"{err}. {self._format_reminder()}"
+                    problem = f"{err}. {format_reminder(self.space)}"
                     reason = str(err)
                 else:
                     key = self.space.key(answer)
@@ -328,14 +309,8 @@ class GINAS:
                                      **asdict(record)})  # fmt: skip
                         break
                     stats["repeats"] += 1
-                    acc = round_half_up(scores[key].acc, self.space.prompt_decimals)
                     reason = f"repeat of {key}"
-                    problem = (
-                        f"{self.space.format_answer(answer)} has already been measured: {self.space.metric_noun} "
-                        f"{acc:.{self.space.prompt_decimals}f}%. Suggest a different "
-                        f"{self.space.answer_noun}, one not measured yet, that should do better. "
-                        f"{self.space.format_suffix}"
-                    )
+                    problem = repeat_message(self.space, answer, scores[key].acc)
                 self._write({"type": "rejected", "round": round_, "attempt": attempt, "reason": reason})
                 if attempt == self.max_corrections:
                     stats["failed_rounds"] += 1
@@ -347,10 +322,3 @@ class GINAS:
         result.stats = stats
         self._write({"type": "done", **stats, "evaluations": len(result.records)})
         return result
-
-    def _format_reminder(self) -> str:
-        example = self.space.format_answer([c[0] for c in self.space.choices])
-        return (
-            f"Reply with one list of exactly {self.space.length} numbers, each from the allowed values, in the form "
-            f"{example}. {self.space.format_suffix}"
-        )

@@ -1,9 +1,9 @@
 """Chat backends for GINAS and the transcript that records every exchange.
 
 * :class:`OpenAIChat`: any OpenAI-compatible chat-completions endpoint (OpenAI, hosted APIs, local servers such as
-  vLLM, llama.cpp's server or Ollama) through the ``openai`` client, with a timeout and retries with exponential
-  backoff. The key is read from an environment variable; it is never stored on the object's public surface,
-  written to a transcript or shown in an error.
+  vLLM, llama.cpp's server or Ollama) through the ``openai`` client, with a timeout and the client's retries
+  (exponential backoff, or the server's ``Retry-After``). The key is read from an environment variable; it is
+  never stored on the object's public surface, written to a transcript or shown in an error.
 * :class:`ReplayChat`: plays the replies recorded in a transcript, checking that each request is the recorded one,
   so a run can be reproduced exactly and tests need no network.
 * :class:`ConsoleChat`: a human in the loop (the official NAS-Bench-201 script needed one to transcribe answers;
@@ -97,12 +97,14 @@ class OpenAIChat(ChatBackend):
             variable is unset a placeholder is sent.
         temperature: sampling temperature (the paper uses 0, and 1 in one ablation).
         timeout: seconds to wait for one reply before the attempt counts as failed.
-        retries: further attempts after a timeout, a connection error, HTTP 429 or HTTP 5xx, or an HTTP-200 answer
-            that is not a usable chat completion (a non-JSON body such as a proxy's HTML page, JSON without
-            ``choices``, a null message content). Other HTTP errors (400, 401, 404...) fail at once: retrying
-            cannot fix them.
-        backoff_s: wait before the first retry, in seconds; it doubles at every retry (exponential backoff).
-        backoff_max_s: longest wait between two attempts, in seconds.
+        retries: further attempts after a timeout, a connection error, HTTP 408, 409, 429 or 5xx (the ``openai``
+            client's ``max_retries``, which makes these retries), or an HTTP-200 answer that is not a usable chat
+            completion (a non-JSON body such as a proxy's HTML page, JSON without ``choices``, a null message
+            content; retried by :meth:`complete`, from the same budget). Other HTTP errors (400, 401, 404...) fail
+            at once: retrying cannot fix them.
+        backoff_s: wait before the first retry, in seconds; it doubles at every retry (exponential backoff). A
+            server's ``Retry-After`` (up to two minutes; longer means no retry, the client's rule) replaces it.
+        backoff_max_s: longest wait between two attempts, in seconds (``Retry-After`` aside).
         max_tokens: optional cap on the reply length.
         seed: optional ``seed`` request field (honoured by some servers, for more repeatable sampling).
 
@@ -123,7 +125,7 @@ class OpenAIChat(ChatBackend):
         max_tokens: int | None = None,
         seed: int | None = None,
     ) -> None:
-        import openai
+        from tenfold.nas._openai import AttemptLog, BackoffOpenAI, RecordingHttpClient  # imports openai (~2 s)
 
         if not model:
             raise ValueError("model must name the served model, e.g. 'gpt-4' or 'llama3.1'")
@@ -144,8 +146,9 @@ class OpenAIChat(ChatBackend):
         self.seed = seed
         key = os.environ.get(api_key_env, "")
         self._secret = (key,) if key else ()
-        # our own retry loop (max_retries=0 in the client), so each failed attempt is recorded with its reason
-        self._client = openai.OpenAI(base_url=base_url, api_key=key or "not-needed", timeout=timeout, max_retries=0)
+        self._attempts = AttemptLog(timeout, backoff_s, backoff_max_s, self._redact)
+        self._client = BackoffOpenAI(base_url=base_url, api_key=key or "not-needed", timeout=timeout,
+                                     http_client=RecordingHttpClient(self._attempts))  # fmt: skip
 
     def describe(self) -> dict[str, Any]:  # noqa: D102
         return {
@@ -168,7 +171,11 @@ class OpenAIChat(ChatBackend):
         return text
 
     def complete(self, messages: list[Message], on_error: Callable[[dict[str, Any]], None] | None = None) -> ChatReply:
-        """Ask the endpoint, retrying timeouts, connection errors, 429, 5xx and bad 200 bodies with backoff."""
+        """Ask the endpoint; the client retries HTTP failures, this loop retries unusable HTTP-200 replies.
+
+        Every failed attempt (of either kind) is reported to ``on_error`` with its number, why it failed and the
+        wait before the next attempt (None after the last). Not for concurrent calls on one object.
+        """
         import openai
 
         request: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.temperature, "n": 1}
@@ -177,30 +184,40 @@ class OpenAIChat(ChatBackend):
         if self.seed is not None:
             request["seed"] = self.seed
         where = self.base_url or "the OpenAI API"
-        last = ""
-        for attempt in range(self.retries + 1):
-            try:
-                response = self._client.chat.completions.create(**request)
-            except openai.APIStatusError as err:
-                last = f"HTTP {err.status_code}: {self._redact(str(err))[:500]}"
-                if err.status_code != 429 and err.status_code < 500:
-                    raise ChatError(f"{where} refused the request ({last}); model {self.model!r}") from None
-            except openai.APITimeoutError:
-                last = f"no reply within {self.timeout:g} s"
-            except openai.APIConnectionError as err:
-                last = f"connection failed: {self._redact(str(err))[:300]}"
-            else:
-                reply, last = _chat_reply(response)
+        log = self._attempts
+        log.start(on_error)
+        try:
+            while True:
+                # one budget for both kinds of failure: the client may retry what bad replies have left of it
+                client = self._client.with_options(max_retries=self.retries - log.attempts)
+                try:
+                    response = client.chat.completions.create(**request)
+                except openai.APIStatusError as err:
+                    if not _retried_status(err.status_code):
+                        raise ChatError(f"{where} refused the request ({log.failure}); model {self.model!r}") from None
+                    break  # the client retried it as far as it would
+                except (openai.APITimeoutError, openai.APIConnectionError):
+                    break
+                reply, why = _chat_reply(response)
                 if reply is not None:
                     return reply
-                last = self._redact(last)
-            retry = attempt < self.retries
-            wait = min(self.backoff_s * 2**attempt, self.backoff_max_s) if retry else 0.0
-            if on_error is not None:
-                on_error({"attempt": attempt + 1, "error": last, "retry_in_s": wait if retry else None})
-            if retry:
+                log.failure = self._redact(why)
+                if log.attempts > self.retries:
+                    break
+                wait = log.backoff()
+                log.failed(wait)
                 time.sleep(wait)
-        raise ChatError(f"{where} gave no usable reply after {self.retries + 1} attempts; last error: {last}")
+            log.failed(None)
+            raise ChatError(
+                f"{where} gave no usable reply after {log.attempts} attempts; last error: {log.failure}"
+            ) from None
+        finally:
+            log.start(None)
+
+
+def _retried_status(status: int) -> bool:
+    """Whether the openai client retries an HTTP error status (its documented policy: 408, 409, 429, 5xx)."""
+    return status in (408, 409, 429) or status >= 500
 
 
 def _chat_reply(response: Any) -> tuple[ChatReply | None, str]:

@@ -16,6 +16,8 @@ What the optimiser sees (``Evaluation.acc``) and what is reported (``Evaluation.
 on the macro tables (the mean over three seeds); on NAS-Bench-201 the optimiser sees the validation accuracy and
 the report gives the test accuracy of the architecture it selects, as the paper does.
 
+The words that describe each space to the chat model are in :mod:`tenfold.nas.prompts`.
+
 Ranks (1 = best), ``rank_mode``:
 
 * ``"official"`` (default), as the official scripts compute them. Macro and channel tables:
@@ -25,7 +27,8 @@ Ranks (1 = best), ``rank_mode``:
   2.4 on x86-64). NAS-Bench-201: the ``rank`` field of the table, which the official script reads (a permutation
   of 1..15625 by test accuracy; its ties are broken by the table's producer).
 * ``"competition"``: ``1 + the number of entries with a strictly higher score`` (the mean; the test accuracy on
-  NAS-Bench-201), so tied entries share the best of their ranks; independent of any sort order.
+  NAS-Bench-201), so tied entries share the best of their ranks; independent of any sort order
+  (``scipy.stats.rankdata(method="min")`` of the negated scores).
 
 The two differ only inside groups of equal scores: Channel-Bench ResNet's ``4343424`` (93.757%) is rank 33
 officially (the paper's anchor) and 32 as a competition rank.
@@ -40,11 +43,13 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tenfold.nas import prompts
+from tenfold.nas.prompts import round_half_up
 
 __all__ = [
     "SPACES",
@@ -66,6 +71,13 @@ Answer = tuple[int, ...]
 #: Accepted ``rank_mode`` values of the table spaces (see the module docstring).
 RANK_MODES = ("official", "competition")
 
+#: NAS-Bench-Macro's searchable layers, ``(in_channels, out_channels, stride)`` for layer2..layer9 (the network is
+#: :class:`tenfold.models.nas_macro.MacroNet`, whose default layers are these).
+NAS_BENCH_MACRO_LAYERS: tuple[tuple[int, int, int], ...] = (
+    (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1), (128, 128, 1), (128, 256, 2), (256, 256, 1),
+    (256, 256, 1),
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -83,14 +95,6 @@ class Evaluation:
     report_acc: float
     rank: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def round_half_up(value: float, decimals: int) -> float:
-    """Round like the official scripts: ``Decimal(value).quantize(10**-decimals, ROUND_HALF_UP)``.
-
-    ``Decimal(value)`` takes the exact binary value of the float, so 92.125 rounds up and 92.12499999 does not.
-    """
-    return float(Decimal(value).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP))
 
 
 def official_ranks(scores: np.ndarray) -> np.ndarray:
@@ -112,14 +116,17 @@ def official_ranks(scores: np.ndarray) -> np.ndarray:
 def competition_ranks(scores: np.ndarray) -> np.ndarray:
     """Competition ranks: ``1 + the number of strictly higher scores`` (tied entries share the best rank).
 
+    This is ``scipy.stats.rankdata(-scores, method="min")``.
+
     Args:
         scores: (N,) accuracies, higher is better.
 
     Returns:
         (N,) int64 ranks in 1..N.
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    return 1 + np.searchsorted(np.sort(-scores), -scores, side="left")
+    from scipy.stats import rankdata  # scipy.stats takes a second to import; only competition ranks need it
+
+    return rankdata(-np.asarray(scores, dtype=np.float64), method="min").astype(np.int64)
 
 
 class SearchSpace(ABC):
@@ -140,7 +147,7 @@ class SearchSpace(ABC):
 
     name: str = "space"
     choices: tuple[tuple[int, ...], ...] = ()
-    system_prompt: str = "You are an expert in the field of neural architecture search."
+    system_prompt: str = prompts.DEFAULT_SYSTEM
     task_prompt: str = ""
     answer_noun: str = "operation ID list"
     metric_noun: str = "accuracy"
@@ -159,7 +166,7 @@ class SearchSpace(ABC):
     @property
     def format_suffix(self) -> str:
         """The closing instruction on the answer's form (the official 'nothing but the list')."""
-        return f"Reply with the {self.answer_noun} only, and nothing else."
+        return prompts.format_suffix(self.answer_noun)
 
     def validate(self, values: Sequence[int]) -> Answer:
         """Check a proposed answer and return it in canonical form.
@@ -337,38 +344,6 @@ class TableSpace(SearchSpace):
         return {**super().describe(), "table": str(self.path), "rank_mode": self.rank_mode}
 
 
-_MACRO_TASK = """\
-Help me choose the operations of an image classifier. It is trained and tested on CIFAR-10 (32x32 colour images, 10 \
-classes), and the goal is the highest test accuracy on CIFAR-10.
-
-The network has a fixed stem, eight layers to choose (layer2 to layer9) and a fixed head. Channel counts and strides \
-are fixed:
-- layer1 (fixed): 3x3 convolution, 3 -> 32 channels, padding 1, no bias
-- layer2: 32 -> 64 channels, stride 2 (downsampling)
-- layer3: 64 -> 64 channels, stride 1
-- layer4: 64 -> 128 channels, stride 2 (downsampling)
-- layer5: 128 -> 128 channels, stride 1
-- layer6: 128 -> 128 channels, stride 1
-- layer7: 128 -> 256 channels, stride 2 (downsampling)
-- layer8: 256 -> 256 channels, stride 1
-- layer9: 256 -> 256 channels, stride 1
-- layer10 (fixed): 1x1 convolution, 256 -> 1280 channels, no bias
-- layer11 (fixed): global average pooling
-- layer12 (fixed): fully connected layer, 1280 -> 10
-
-Each of layer2..layer9 takes one of 3 operations:
-0: Identity. The input passes through unchanged; where the layer changes the channel count or has stride 2, it is a \
-1x1 convolution with that stride (no bias) followed by BatchNorm instead.
-1: Inverted residual block with expansion 3 and kernel size 3: a 1x1 convolution widening to 3 x in_channels, \
-BatchNorm, ReLU; a 3x3 depthwise convolution with the layer's stride, BatchNorm, ReLU; a 1x1 convolution to \
-out_channels, BatchNorm. The input is added to the output when the stride is 1 and in_channels == out_channels.
-2: Inverted residual block as in 1, with expansion 6 and kernel size 5 (a 5x5 depthwise convolution).
-
-Give the operation of each of the 8 layers layer2..layer9 as a list of 8 operation IDs, in layer order. For example \
-[1, 2, 0, 0, 1, 1, 2, 0] means operation 1 for layer2, operation 2 for layer3, ..., operation 0 for layer9.
-"""
-
-
 class MacroBenchSpace(TableSpace):
     """NAS-Bench-Macro on CIFAR-10: 8 layers, ops 0 identity, 1 IR(e3, k3), 2 IR(e6, k5); key = the 8 op digits."""
 
@@ -377,7 +352,8 @@ class MacroBenchSpace(TableSpace):
     choices = ((0, 1, 2),) * 8
     acc_field = report_field = "mean_acc"
     required_fields = ("mean_acc",)
-    task_prompt = _MACRO_TASK
+    layers = NAS_BENCH_MACRO_LAYERS
+    task_prompt = prompts.macro_bench_task(layers)
 
     def key(self, answer: Sequence[int]) -> str:  # noqa: D102
         return "".join(str(v) for v in self.validate(answer))
@@ -386,52 +362,6 @@ class MacroBenchSpace(TableSpace):
         if len(key) != self.length or not key.isdigit():
             raise ValueError(f"expected {self.length} digits, got {key!r}")
         return self.validate([int(c) for c in key])
-
-
-def _channel_task(layout: str, block: str, options: Sequence[Sequence[int]], example: Sequence[int]) -> str:
-    opts = "\n".join(f"- channels[{i}]: {', '.join(map(str, o))}" for i, o in enumerate(options))
-    ex = ", ".join(map(str, example))
-    return (
-        "Help me choose the channel numbers of an image classifier. It is trained and tested on CIFAR-10 (32x32 "
-        "colour images, 10 classes), and the goal is the highest test accuracy on CIFAR-10.\n\n"
-        f"The network, layer by layer, with its widths taken from a list `channels` of 7 numbers:\n{layout}\n"
-        f"{block}\n"
-        f"Allowed values of each entry of `channels`:\n{opts}\n\n"
-        "Choose the 7 channel numbers, each from its allowed values, to make the accuracy on CIFAR-10 as high as "
-        f"possible. Give them as a list of 7 numbers in index order, e.g. [{ex}].\n"
-    )
-
-
-_RESNET_LAYOUT = """\
-- layer1: 3x3 convolution, 3 -> channels[0], padding 1, no bias
-- layer2: Bottleneck(in=channels[0], mid=channels[1], out=channels[0], stride=1)
-- layer3: Bottleneck(in=channels[0], mid=channels[2], out=channels[0], stride=1)
-- layer4: Bottleneck(in=channels[0], mid=channels[3], out=channels[4], stride=2)
-- layer5: Bottleneck(in=channels[4], mid=channels[5], out=channels[4], stride=1)
-- layer6: Bottleneck(in=channels[4], mid=channels[6], out=channels[4], stride=1)
-- layer7: global average pooling
-- layer8: fully connected layer, channels[4] -> 10
-"""
-_RESNET_BLOCK = """\
-Bottleneck(in, mid, out, stride) is a residual block: a 3x3 convolution in -> mid with the given stride (padding 1, \
-no bias), BatchNorm, ReLU, a 3x3 convolution mid -> out (stride 1, padding 1, no bias), BatchNorm. When the stride is \
-1 the block's input is added to this result; a ReLU follows in both cases.
-"""
-_MOBILENET_LAYOUT = """\
-- layer1: 3x3 convolution, 3 -> channels[0], padding 1, no bias
-- layer2: InvertedResidual(in=channels[0], mid=channels[1], out=channels[0], stride=1)
-- layer3: InvertedResidual(in=channels[0], mid=channels[2], out=channels[0], stride=1)
-- layer4: InvertedResidual(in=channels[0], mid=channels[3], out=channels[4], stride=2)
-- layer5: InvertedResidual(in=channels[4], mid=channels[5], out=channels[4], stride=1)
-- layer6: 1x1 convolution, channels[4] -> channels[6], no bias
-- layer7: global average pooling
-- layer8: fully connected layer, channels[6] -> 10
-"""
-_MOBILENET_BLOCK = """\
-InvertedResidual(in, mid, out, stride) is a MobileNetV2 block: a 1x1 convolution in -> mid, BatchNorm, ReLU; a 3x3 \
-depthwise convolution on mid channels with the given stride, BatchNorm, ReLU; a 1x1 convolution mid -> out, \
-BatchNorm. The block's input is added to the result when the stride is 1 and in == out.
-"""
 
 
 class ChannelBenchSpace(TableSpace):
@@ -466,7 +396,9 @@ class ChannelResNetSpace(ChannelBenchSpace):
     name = "channel-bench-resnet"
     filename = "channel_bench_macro_resnet_cifar10.json"
     choices = ((64, 128, 192, 256),) * 3 + ((128, 256, 384, 512),) * 4
-    task_prompt = _channel_task(_RESNET_LAYOUT, _RESNET_BLOCK, choices, (64, 192, 128, 256, 384, 128, 512))
+    task_prompt = prompts.channel_task(
+        prompts.CHANNEL_RESNET_LAYOUT, prompts.CHANNEL_RESNET_BLOCK, choices, (64, 192, 128, 256, 384, 128, 512)
+    )
 
 
 class ChannelMobileNetSpace(ChannelBenchSpace):
@@ -483,40 +415,12 @@ class ChannelMobileNetSpace(ChannelBenchSpace):
         (384, 768, 1152, 1536),
         (256, 512, 768, 1024),
     )
-    task_prompt = _channel_task(_MOBILENET_LAYOUT, _MOBILENET_BLOCK, choices, (64, 576, 192, 768, 128, 1152, 256))
+    task_prompt = prompts.channel_task(
+        prompts.CHANNEL_MOBILENET_LAYOUT, prompts.CHANNEL_MOBILENET_BLOCK, choices, (64, 576, 192, 768, 128, 1152, 256)
+    )
 
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-
-_NB201_SYSTEM = (
-    "You are a world-leading deep-learning researcher, known above all for your work on neural architecture "
-    "search: efficient algorithms that explore large spaces of network designs and find architectures that are "
-    "accurate on the task at hand while cheap to train and run."
-)
-
-_NB201_TASK = """\
-You are an expert in neural architecture search. Help me design the best neural network cell from a fixed set of \
-operations; the goal is the highest accuracy of the network.
-
-The cell has 4 feature maps (nodes) s0, s1, s2, s3 and 6 operations op0..op5 on the edges between them:
-- s0 is the cell's input;
-- s1 = op0(s0);
-- s2 = op1(s0) + op2(s1);
-- s3 = op3(s0) + op4(s1) + op5(s2), and s3 is the cell's output, the input of the next cell.
-
-Each of op0..op5 is one of 5 operations, none of which changes the number of channels or the spatial size:
-0: zero. Outputs zeros whatever the input, so no information or gradient flows along this edge.
-1: skip connection (identity).
-2: ReLU, then a 1x1 convolution (stride 1), then BatchNorm.
-3: ReLU, then a 3x3 convolution (stride 1, padding 1), then BatchNorm.
-4: 3x3 average pooling (stride 1, padding 1).
-
-Think about what each operation does and how gradients flow through the cell from the output back to the earlier \
-nodes, then propose the cell that you expect to perform best, whatever its size or cost. I will measure each \
-proposal and report the result; do not propose a cell that was already measured.
-
-Give the cell as a list of 6 operation IDs [op0, op1, op2, op3, op4, op5], for example [3, 1, 2, 0, 3, 4].
-"""
 
 
 class NASBench201Space(TableSpace):
@@ -535,8 +439,8 @@ class NASBench201Space(TableSpace):
     acc_field = "val_acc_200"
     report_field = "test_acc_200"
     required_fields = ("val_acc_200", "test_acc_200", "rank")
-    system_prompt = _NB201_SYSTEM
-    task_prompt = _NB201_TASK
+    system_prompt = prompts.NB201_SYSTEM
+    task_prompt = prompts.NB201_TASK
     metric_noun = "validation accuracy"
     prompt_decimals = 3  # the official NAS-Bench-201 script feeds back three decimals
     _FILES = {
