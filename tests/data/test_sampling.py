@@ -72,3 +72,18 @@ def test_crop_flip_matches_a_per_image_reference():
     again = aug(images[[1]], index[[1]], epoch=0)
     torch.testing.assert_close(again[0], out[1], rtol=0, atol=0)
     assert not torch.equal(aug(images, index, epoch=1), out)
+
+
+def test_iterating_a_resumable_loader_leaves_the_global_rng_alone():
+    # each new iterator draws a worker base seed; from the global RNG that draw would shift dropout after a resume
+    import torch
+
+    from tenfold.data.sampling import EpochSampler, ResumableDataLoader
+
+    loader = ResumableDataLoader(
+        list(range(8)), batch_size=2, sampler=EpochSampler(8, shuffle=True, seed=3), progress=lambda: (0, 0)
+    )
+    state = torch.get_rng_state()
+    for _ in range(2):
+        list(loader)
+    assert torch.equal(torch.get_rng_state(), state)

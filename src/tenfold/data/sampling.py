@@ -95,13 +95,18 @@ class ResumableDataLoader(DataLoader):
     Args:
         *args: passed to ``DataLoader``; the ``sampler`` keyword must be an :class:`EpochSampler`.
         progress: returns ``(epoch, batches_trained_in_epoch)`` at checkpoint time.
-        **kwargs: passed to ``DataLoader``.
+        **kwargs: passed to ``DataLoader``. Without a ``generator``, a private one seeded with the sampler's seed
+            is used: each new iterator draws its worker base seed from it, and would otherwise draw from the global
+            torch RNG. A resumed run creates its iterator after the RNG state was restored, so that extra draw would
+            shift every later dropout mask against the uninterrupted run.
     """
 
     def __init__(self, *args: Any, progress: Callable[[], tuple[int, int]], **kwargs: Any) -> None:
+        sampler = kwargs.get("sampler")
+        if not isinstance(sampler, EpochSampler):
+            raise ValueError(f"ResumableDataLoader needs an EpochSampler, got {type(sampler).__name__}")
+        kwargs.setdefault("generator", torch.Generator().manual_seed(sampler.seed))
         super().__init__(*args, **kwargs)
-        if not isinstance(self.sampler, EpochSampler):
-            raise ValueError(f"ResumableDataLoader needs an EpochSampler, got {type(self.sampler).__name__}")
         self._progress = progress
 
     def state_dict(self) -> dict[str, int]:

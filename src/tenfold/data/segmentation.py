@@ -399,16 +399,6 @@ def pad_collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     return images, labels
 
 
-def _loader_generator(seed: int) -> torch.Generator:
-    """A private generator for a DataLoader's worker base seed.
-
-    Without one, every new loader iterator draws that seed from the global torch RNG. A resumed run creates its
-    training iterator after the RNG state was restored from the checkpoint, so that extra draw would shift every
-    later dropout mask against the uninterrupted run (the augmentation itself never uses the global RNG).
-    """
-    return torch.Generator().manual_seed(seed)
-
-
 #: Built-in datasets already generated in this process.
 _BUILTIN_CACHE: dict[tuple, Dataset] = {}
 
@@ -591,7 +581,6 @@ class SegmentationData(TrainerPositionMixin, pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             progress=self._progress,
-            generator=_loader_generator(self.shuffle_seed),
         )
 
     def _eval_loader(self, split: str) -> DataLoader:
@@ -604,7 +593,6 @@ class SegmentationData(TrainerPositionMixin, pl.LightningDataModule):
             sampler=list(range(rank, len(dataset), world)),
             num_workers=self.num_workers,
             collate_fn=pad_collate,
-            generator=_loader_generator(self.shuffle_seed),
         )
 
     def val_dataloader(self) -> DataLoader:
