@@ -17,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 import tenfold.models  # noqa: F401  (registers the tenfold architectures with timm)
 from tenfold.engine.optim import OptimConfig, configure_optimizers, timm_scheduler_step
 from tenfold.engine.rundir import last_checkpoint
-from tenfold.utils.checkpoint import load_checkpoint, load_state_dict_strict, unwrap_state_dict
+from tenfold.utils.checkpoint import load_checkpoint, load_state_dict_strict, task_weights, unwrap_state_dict
 from tenfold.utils.config import config_from
 
 __all__ = [
@@ -63,13 +63,7 @@ def create_model(name: str, num_classes: int, weights: str | None = None, **kwar
     checkpoint = load_checkpoint(weights)
     if isinstance(checkpoint, dict) and "pytorch-lightning_version" in checkpoint:
         model = timm.create_model(name, num_classes=num_classes, **kwargs)
-        state = checkpoint["state_dict"]
-        for prefix in ("model.", "student."):
-            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            if sub:
-                break
-        else:
-            raise ValueError(f"checkpoint {weights!r} holds no model.* or student.* weights")
+        sub = task_weights(checkpoint, weights)
         load_state_dict_strict(model, sub, source=weights)
         return model
     try:

@@ -270,15 +270,8 @@ class DetectionData(TrainerPositionMixin, pl.LightningDataModule):
         )
 
     def _eval_loader(self, split: str) -> DataLoader:
-        rank, world = self._rank_world()
-        dataset = self._splits[split]
-        # no padding of the shards (unlike DistributedSampler): each image is scored exactly once
-        return DataLoader(
-            dataset,
-            batch_size=self.eval_batch_size,
-            sampler=list(range(rank, len(dataset), world)),
-            num_workers=self.num_workers,
-            collate_fn=list_collate,
+        return self._unpadded_eval_loader(
+            self._splits[split], self.eval_batch_size, num_workers=self.num_workers, collate_fn=list_collate
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -133,6 +133,24 @@ class TrainerPositionMixin:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def _unpadded_eval_loader(
+        self, dataset: Any, batch_size: int, num_workers: int = 0, collate_fn: Callable | None = None
+    ) -> DataLoader:
+        """This process's shard of ``dataset`` (every ``world``-th item from its rank), not padded to equal shards.
+
+        Unlike ``DistributedSampler`` (and :class:`EpochSampler`), no item is repeated to even out the shards, so a
+        metric that sums over items (a confusion matrix, detection matches) scores each item exactly once and
+        reduces across processes to the single-process value.
+        """
+        rank, world = self._rank_world()
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=list(range(rank, len(dataset), world)),
+            num_workers=num_workers,
+            collate_fn=collate_fn,
+        )
+
     def _progress(self) -> tuple[int, int]:
         trainer = self.trainer
         assert trainer is not None

@@ -36,7 +36,13 @@ from tenfold.distill.maskd import MasKDLoss, MaskedFeatures
 from tenfold.distill.taps import FeatureTaps
 from tenfold.engine.optim import OptimConfig, configure_optimizers, timm_scheduler_step
 from tenfold.engine.rundir import last_checkpoint
-from tenfold.utils.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint, unwrap_state_dict
+from tenfold.utils.checkpoint import (
+    load_checkpoint,
+    load_state_dict_strict,
+    save_checkpoint,
+    task_weights,
+    unwrap_state_dict,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -180,13 +186,7 @@ def load_detector_weights(model: nn.Module, source: str) -> None:
         path = last_checkpoint(path)
     checkpoint = load_checkpoint(path)
     if isinstance(checkpoint, dict) and "pytorch-lightning_version" in checkpoint:
-        state = checkpoint["state_dict"]
-        for prefix in ("model.", "student."):
-            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            if sub:
-                break
-        else:
-            raise ValueError(f"checkpoint {str(path)!r} holds no model.* or student.* weights")
+        sub = task_weights(checkpoint, str(path))
     else:
         sub = unwrap_state_dict(checkpoint)
     load_state_dict_strict(model, sub, source=str(path))

@@ -29,6 +29,7 @@ __all__ = [
     "MODEL_FILE_FORMAT",
     "LoadedModel",
     "atomic_write",
+    "task_weights",
     "fitting_configs",
     "load_checkpoint",
     "load_model",
@@ -115,6 +116,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
         raise ValueError(f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint: {err}") from err
+
+
+def task_weights(checkpoint: dict[str, Any], source: str, prefixes: tuple[str, ...] = ("model.", "student.")) -> dict:
+    """The network's weights inside a tenfold (Lightning) checkpoint: the ``model.*`` or else the ``student.*`` keys.
+
+    A task keeps its network under ``model`` and a distillation task its student under ``student``; the prefix is
+    removed. ``source`` names the file in the error.
+
+    Raises:
+        ValueError: no key carries any of ``prefixes``.
+    """
+    state = checkpoint["state_dict"]
+    for prefix in prefixes:
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if sub:
+            return sub
+    raise ValueError(f"checkpoint {source!r} holds no {' or '.join(p + '*' for p in prefixes)} weights")
 
 
 def unwrap_state_dict(
