@@ -131,6 +131,7 @@ def _write_coco(root: Path) -> None:
 
 def test_coco_layout_gives_xyxy_boxes_without_crowds_and_names_a_missing_layout(tmp_path):
     import pycocotools  # noqa: F401  (a dependency: the COCO reader needs it)
+
     _write_coco(tmp_path / "coco")
     data = DetectionData(dataset="coco", root=str(tmp_path / "coco"), batch_size=1, flip=False)
     assert data.num_classes == 91

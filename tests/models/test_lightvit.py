@@ -330,6 +330,7 @@ def test_parameter_counts_and_official_convention_flops():
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
 def test_onnx_export_gives_the_same_logits(tmp_path):
     import onnxruntime as ort  # a dev dependency: a missing install must fail, not skip
+
     model = timm.create_model("lightvit_tiny").eval()
     x = torch.randn(2, 3, 224, 224)
     path = tmp_path / "lightvit_tiny.onnx"
