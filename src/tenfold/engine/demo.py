@@ -36,6 +36,7 @@ DEMO_MODULES = (
     "tenfold.nas.demo",
     "tenfold.speech.demo",
     "tenfold.mim.demo",
+    "tenfold.seg.demo",
 )
 
 
