@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from tenfold.data.sampling import EpochSampler, ResumableDataLoader, TrainerPositionMixin
+from tenfold.data.sampling import ResumableDataLoader, TrainerPositionMixin
 
 __all__ = ["COCO_LAYOUT", "DetectionData", "coco_target", "hflip_detection", "list_collate"]
 
@@ -144,14 +144,6 @@ class _Flipped(Dataset):
         return image, target
 
 
-class _EpochIndexSampler(EpochSampler):
-    """:class:`EpochSampler` yielding ``(index, epoch)``: the epoch seeds the sample's flip."""
-
-    def __iter__(self):  # noqa: D105
-        epoch = self.epoch
-        return ((i, epoch) for i in super().__iter__())
-
-
 #: Built-in datasets already generated in this process.
 _BUILTIN_CACHE: dict[tuple, Dataset] = {}
 
@@ -249,24 +241,12 @@ class DetectionData(TrainerPositionMixin, pl.LightningDataModule):
 
     def train_dataloader(self) -> ResumableDataLoader:
         """Shuffled, rank-sharded, resumable loader of (flipped) training images, as lists."""
-        rank, world = self._rank_world()
-        dataset = self._splits["train"]
-        sampler = _EpochIndexSampler(
-            len(dataset), shuffle=True, seed=self.shuffle_seed, rank=rank, world_size=world, drop_last=True
-        )
-        if len(sampler) < self.batch_size:
-            raise ValueError(
-                f"the training split has {len(dataset)} images: fewer than one batch of {self.batch_size} per process"
-            )
-        return ResumableDataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            drop_last=True,
+        return self._epoch_indexed_train_loader(
+            self._splits["train"],
+            self.batch_size,
+            self.shuffle_seed,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
             collate_fn=list_collate,
-            progress=self._progress,
         )
 
     def _eval_loader(self, split: str) -> DataLoader:

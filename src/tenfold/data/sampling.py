@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-__all__ = ["EpochSampler", "ResumableDataLoader", "TrainerPositionMixin"]
+__all__ = ["EpochIndexSampler", "EpochSampler", "ResumableDataLoader", "TrainerPositionMixin"]
 
 
 class EpochSampler(Sampler[int]):
@@ -85,6 +85,14 @@ class EpochSampler(Sampler[int]):
         return iter(own[skip:].tolist())
 
 
+class EpochIndexSampler(EpochSampler):
+    """:class:`EpochSampler` that yields ``(index, epoch)``: datasets seed a sample's augmentation with the epoch."""
+
+    def __iter__(self):  # noqa: D105
+        epoch = self.epoch
+        return ((i, epoch) for i in super().__iter__())
+
+
 class ResumableDataLoader(DataLoader):
     """A ``DataLoader`` whose :class:`EpochSampler` position is saved in Lightning checkpoints.
 
@@ -132,6 +140,31 @@ class TrainerPositionMixin:
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _epoch_indexed_train_loader(
+        self, dataset: Any, batch_size: int, seed: int, num_workers: int = 0, collate_fn: Callable | None = None
+    ) -> ResumableDataLoader:
+        """Shuffled, rank-sharded, resumable training loader over ``(index, epoch)`` items (drop_last).
+
+        Raises:
+            ValueError: fewer images than one batch per process.
+        """
+        rank, world = self._rank_world()
+        sampler = EpochIndexSampler(len(dataset), shuffle=True, seed=seed, rank=rank, world_size=world, drop_last=True)
+        if len(sampler) < batch_size:
+            raise ValueError(
+                f"the training split has {len(dataset)} images: fewer than one batch of {batch_size} per process"
+            )
+        return ResumableDataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            collate_fn=collate_fn,
+            progress=self._progress,  # type: ignore[attr-defined]
+        )
 
     def _unpadded_eval_loader(
         self, dataset: Any, batch_size: int, num_workers: int = 0, collate_fn: Callable | None = None

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from tenfold.data.sampling import EpochSampler, ResumableDataLoader, TrainerPositionMixin
+from tenfold.data.sampling import ResumableDataLoader, TrainerPositionMixin
 
 __all__ = [
     "CITYSCAPES_CLASSES",
@@ -380,14 +380,6 @@ class _Transformed(Dataset):
         return self.transform(image, label, index, epoch)
 
 
-class _EpochIndexSampler(EpochSampler):
-    """:class:`EpochSampler` that yields ``(index, epoch)``: the epoch seeds the sample's augmentation."""
-
-    def __iter__(self):  # noqa: D105
-        epoch = self.epoch
-        return ((i, epoch) for i in super().__iter__())
-
-
 def pad_collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     """Stack ``(image, label)`` items, padding smaller ones at the bottom/right (image 0, label 255)."""
     h = max(img.shape[-2] for img, _ in batch)
@@ -564,23 +556,8 @@ class SegmentationData(TrainerPositionMixin, pl.LightningDataModule):
 
     def train_dataloader(self) -> ResumableDataLoader:
         """Shuffled, rank-sharded, resumable loader of augmented training crops."""
-        rank, world = self._rank_world()
-        dataset = self._splits["train"]
-        sampler = _EpochIndexSampler(
-            len(dataset), shuffle=True, seed=self.shuffle_seed, rank=rank, world_size=world, drop_last=True
-        )
-        if len(sampler) < self.batch_size:
-            raise ValueError(
-                f"the training split has {len(dataset)} images: fewer than one batch of {self.batch_size} per process"
-            )
-        return ResumableDataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            drop_last=True,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            progress=self._progress,
+        return self._epoch_indexed_train_loader(
+            self._splits["train"], self.batch_size, self.shuffle_seed, num_workers=self.num_workers
         )
 
     def _eval_loader(self, split: str) -> DataLoader:
