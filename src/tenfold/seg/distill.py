@@ -30,7 +30,7 @@ from tenfold.engine.rundir import last_checkpoint
 from tenfold.seg.inference import inference
 from tenfold.seg.metrics import SegmentationScores
 from tenfold.seg.models import SegOutput, load_segmenter_weights
-from tenfold.seg.task import SegmentationTask, _describe, as_seg_output, upsample_logits
+from tenfold.seg.task import SegmentationTask, as_seg_output, describe_model, upsample_logits
 from tenfold.utils.checkpoint import save_checkpoint
 
 __all__ = ["TOKENS_FILE", "SegDistillationTask", "SegMaskTokenTask", "resolve_tokens"]
@@ -175,7 +175,7 @@ class SegMaskTokenTask(SegmentationTask):
         self.model.train(self.teacher_train_mode)
         self.save_hyperparameters(
             {
-                "teacher": _describe(teacher), "teacher_weights": teacher_weights, "num_tokens": num_tokens,
+                "teacher": describe_model(teacher), "teacher_weights": teacher_weights, "num_tokens": num_tokens,
                 "dice_weight": dice_weight, "teacher_train_mode": teacher_train_mode, "aux_weight": aux_weight,
                 "ignore_index": ignore_index, "optim": dict(self.hparams["optim"]), "tokens_file": tokens_file,
                 "eval_mode": eval_mode, "eval_window": eval_window, "eval_stride": eval_stride,
@@ -355,7 +355,7 @@ class SegDistillationTask(SegmentationTask):
         self._check_wiring(tuple(input_size))
         self.save_hyperparameters(
             {
-                "model": self.hparams["model"], "teacher": _describe(teacher), "teacher_weights": teacher_weights,
+                "model": self.hparams["model"], "teacher": describe_model(teacher), "teacher_weights": teacher_weights,
                 "kd_loss": _describe_loss(kd_loss), "kd_weight": kd_weight, "kd_aux_weight": kd_aux_weight,
                 "tokens": tokens, "weights": weights, "aux_weight": aux_weight, "ignore_index": ignore_index,
                 "optim": dict(self.hparams["optim"]), "eval_mode": eval_mode, "eval_window": eval_window,

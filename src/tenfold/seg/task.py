@@ -103,7 +103,7 @@ class SegmentationTask(pl.LightningModule):
         self.save_hyperparameters(ignore=["model", "optim"])
         self.optim = optim or OptimConfig(opt="momentum", lr=0.01, sched="poly", decay_rate=0.9, min_lr=1e-4)
         self.hparams["optim"] = asdict(self.optim)
-        self.hparams["model"] = _describe(model)
+        self.hparams["model"] = describe_model(model)
         self.model = model
         if weights is not None:
             path = str(last_checkpoint(weights)) if Path(weights).is_dir() else weights
@@ -228,7 +228,7 @@ class SegmentationTask(pl.LightningModule):
         self._log_scores("test")
 
 
-def _describe(model: nn.Module) -> dict[str, Any]:
+def describe_model(model: nn.Module) -> dict[str, Any]:
     """The model as a LightningCLI ``class_path``/``init_args`` entry of plain values (when it records them)."""
     cls = type(model)
     entry: dict[str, Any] = {"class_path": f"{cls.__module__}.{cls.__qualname__}"}
@@ -236,7 +236,3 @@ def _describe(model: nn.Module) -> dict[str, Any]:
     if isinstance(config, dict):
         entry["init_args"] = dict(config)
     return entry
-
-
-#: Public name of :func:`_describe` (subclasses record their teacher the same way).
-describe_model = _describe
