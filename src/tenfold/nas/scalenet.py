@@ -1,0 +1,818 @@
+"""ScaleNet (Xie et al., ECCV 2022): search space, weight-sharing super-supernet, sampler, FLOPs and export.
+
+Pure PyTorch part of the method (spec ``/work/shared/specs/scalenet.md``): the joint base/scaling search and the
+Lightning training task build on these pieces.
+
+* :class:`ScaleNetSpace` describes the base-model space (stage rows, ops, expand ratios) and the scaling space
+  (depth / width multipliers and resolutions per scaling stage, FLOPs targets). ``paper()`` is the official
+  ImageNet configuration, ``tiny()`` the CPU demonstration of spec section 7.
+* :class:`ScaleNetSuperNet` is the super-supernet with the official "n-laterally coupled" slicing: every dynamic
+  conv / BN module keeps its own counter and alternates between the leading and trailing weight slices each time
+  it is called (spec 2.2). Its ``state_dict`` keys equal the official ones without the DDP ``module.`` prefix,
+  see :func:`official_state_dict`.
+* :func:`sample_subnet` is the hierarchical sampler (spec 2.3), :func:`check_basenet` / :func:`scale_basenet` the
+  official encoding repair and scaling (spec 2.6), :func:`official_flops` the official (inexact) multiply-add
+  counter and :func:`true_flops` the count of the real forward, :func:`family_score` the family score (spec 2.5).
+* :func:`scalenet_from_encoding` builds a found encoding as a standalone network (spec 2.7).
+
+An encoding is a list of one op index per choice block (43 in the paper space; 0 = ``id`` = layer skipped)
+followed by ``[c_m, resolution]``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tenfold.utils.flops import count_flops
+
+__all__ = [
+    "ScaleNetModel",
+    "ScaleNetSpace",
+    "ScaleNetSuperNet",
+    "StageRow",
+    "check_basenet",
+    "family_score",
+    "is_feasible",
+    "official_flops",
+    "official_state_dict",
+    "s_softmax_loss",
+    "sample_subnet",
+    "scale_basenet",
+    "scaling_values",
+    "scalenet_from_encoding",
+    "true_flops",
+]
+
+OP_KERNELS = {"id": 0, "ir_3x3_se": 3, "ir_5x5_se": 5, "ir_7x7_se": 7}
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """One searchable stage: ``n_base`` layers, stride on the first, channels ``c_in -> c_out``, expand ratio ``t``."""
+
+    name: str
+    n_base: int
+    stride: int
+    c_in: int
+    c_out: int
+    t: int
+
+
+@dataclass(frozen=True)
+class ScaleNetSpace:
+    """Base-model space plus scaling space of ScaleNet.
+
+    Attributes:
+        stem_out: Output channels of the 3x3 stride-``stem_stride`` stem (input has ``in_chans`` channels).
+        stages: The searchable stages, in order.
+        conv_out: Output channels of the final 1x1 conv (never sliced).
+        num_classes: Classifier outputs.
+        ops: Op names of every searchable block; index 0 must be ``"id"``.
+        depth_multipliers: Per scaling stage, the allowed depth multipliers (stage 0 = ``(1.0,)``).
+        width_multipliers: Per scaling stage, the allowed width multipliers.
+        resolutions: Per scaling stage, the allowed input resolutions (pixels).
+        flops_constraint: Base FLOPs target (multiply-adds); stage ``s`` targets ``flops_constraint * 2**s``.
+        err_base: Base-model FLOPs tolerance (official hard-coded 25e6).
+        err_scale: Scaling-strategy FLOPs tolerance (official hard-coded 50e6).
+        n_coupling: ``n`` of the n-laterally coupled slicing (official 2; 0 or 1 = always leading slice).
+        stem_stride: Stride of the stem conv.
+        in_chans: Input image channels.
+    """
+
+    stem_out: int
+    stages: tuple[StageRow, ...]
+    conv_out: int
+    num_classes: int
+    ops: tuple[str, ...] = ("id", "ir_3x3_se", "ir_5x5_se", "ir_7x7_se")
+    depth_multipliers: tuple[tuple[float, ...], ...] = ((1.0,),)
+    width_multipliers: tuple[tuple[float, ...], ...] = ((1.0,),)
+    resolutions: tuple[tuple[int, ...], ...] = ((224,),)
+    flops_constraint: float = 306e6
+    err_base: float = 25e6
+    err_scale: float = 50e6
+    n_coupling: int = 2
+    stem_stride: int = 2
+    in_chans: int = 3
+
+    def __post_init__(self) -> None:
+        if self.ops[0] != "id" or any(op not in OP_KERNELS for op in self.ops):
+            raise ValueError(f"ops must start with 'id' and be among {sorted(OP_KERNELS)}, got {self.ops}")
+        n = len(self.width_multipliers)
+        if len(self.depth_multipliers) != n or len(self.resolutions) != n:
+            raise ValueError(
+                "depth_multipliers, width_multipliers and resolutions need one list per scaling stage, got "
+                f"{len(self.depth_multipliers)}, {n}, {len(self.resolutions)}"
+            )
+
+    @classmethod
+    def paper(cls) -> ScaleNetSpace:
+        """The official ImageNet space (``config/training_super_supernet.yaml``)."""
+        rows = [(1, 1, 32, 16, 1), (4, 2, 16, 32, 6), (4, 2, 32, 40, 6), (4, 2, 40, 80, 6), (4, 1, 80, 96, 6)]
+        rows += [(4, 2, 96, 192, 6), (1, 1, 192, 320, 6)]
+        stages = tuple(StageRow(f"stage{i + 1}", *r) for i, r in enumerate(rows))
+        mult = ((1.0,), (1.04, 1.08, 1.12, 1.16), (1.20, 1.24, 1.28, 1.32, 1.36))
+        mult += (tuple(round(1.40 + 0.04 * i, 2) for i in range(7)),)
+        return cls(
+            stem_out=32,
+            stages=stages,
+            conv_out=1280,
+            num_classes=1000,
+            depth_multipliers=mult,
+            width_multipliers=mult,
+            resolutions=((224,), (224, 240, 256), (272, 288, 304), (320, 336, 354)),
+        )
+
+    @classmethod
+    def tiny(cls, num_classes: int = 10, flops_constraint: float = 0.0) -> ScaleNetSpace:
+        """The CPU demonstration space of spec section 7 (digits upsampled to 16-28 px).
+
+        Args:
+            num_classes: Classifier outputs.
+            flops_constraint: Base FLOPs target F0; the demo sets it to the median base FLOPs (0 = not set yet).
+        """
+        stages = (
+            StageRow("stage1", 2, 1, 8, 8, 3),
+            StageRow("stage2", 2, 2, 8, 16, 3),
+            StageRow("stage3", 2, 2, 16, 24, 3),
+        )
+        return cls(
+            stem_out=8,
+            stages=stages,
+            conv_out=64,
+            num_classes=num_classes,
+            ops=("id", "ir_3x3_se", "ir_5x5_se"),
+            depth_multipliers=((1.0,), (1.25, 1.5), (1.75, 2.0)),
+            width_multipliers=((1.0,), (1.25, 1.5), (1.75, 2.0)),
+            resolutions=((16,), (16, 20), (20, 24)),
+            flops_constraint=flops_constraint,
+            err_base=0.1 * flops_constraint,
+            err_scale=0.2 * flops_constraint,
+        )
+
+    @property
+    def max_scaling_stage(self) -> int:
+        """Index of the last scaling stage."""
+        return len(self.width_multipliers) - 1
+
+    @property
+    def max_width(self) -> float:
+        """Largest width multiplier of the last scaling stage (sets the super widths)."""
+        return max(self.width_multipliers[-1])
+
+    @property
+    def max_depth(self) -> float:
+        """Largest depth multiplier of the last scaling stage (sets the super depths)."""
+        return max(self.depth_multipliers[-1])
+
+    def super_channels(self, c: int) -> int:
+        """Stored channel count of a stage of base width ``c``: ``ceil(c * max_width) + c`` (official)."""
+        return int(math.ceil(c * self.max_width)) + c
+
+    @property
+    def depth_stage(self) -> list[tuple[int, int]]:
+        """Per block group ``(n_base, n_max)``: stem, stages, conv_out, pool, head (official ``depth_stage``)."""
+        rows = [(r.n_base, int(math.ceil(r.n_base * self.max_depth))) for r in self.stages]
+        return [(1, 1), *rows, (1, 1), (1, 1), (1, 1)]
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of choice blocks (length of the op part of an encoding)."""
+        return sum(n for _, n in self.depth_stage)
+
+    def block_choices(self) -> list[int]:
+        """Number of ops of every choice block."""
+        return [
+            len(self.ops) if 0 < g < len(self.stages) + 1 else 1
+            for g, (_, n) in enumerate(self.depth_stage)
+            for _ in range(n)
+        ]
+
+    def validate(self, encoding: Sequence[Any]) -> None:
+        """Raise ``ValueError`` naming the problem if ``encoding`` is not ``ops + [c_m, resolution]`` of this space."""
+        if len(encoding) != self.num_blocks + 2:
+            raise ValueError(f"encoding has {len(encoding)} entries, expected {self.num_blocks} op indices + [c_m, r]")
+        for i, (op, n) in enumerate(zip(encoding[:-2], self.block_choices(), strict=True)):
+            if not 0 <= int(op) < n or int(op) != op:
+                raise ValueError(f"encoding[{i}] = {op} is not an op index in [0, {n})")
+        if not float(encoding[-2]) > 0 or int(encoding[-1]) <= 0:
+            raise ValueError(f"encoding needs c_m > 0 and resolution > 0, got {encoding[-2:]}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Super-supernet
+# --------------------------------------------------------------------------------------------------------------
+
+
+def hswish(x: torch.Tensor) -> torch.Tensor:
+    """Official HSwish ``x * relu6(x + 3) / 6``.
+
+    ``F.hardswish`` gives the same forward values but its fused backward rounds differently (about 1e-9 of the
+    gradient scale after a few layers), so the official composition is kept for gradient parity.
+    """
+    return x * F.relu6(x + 3) / 6
+
+
+def hsigmoid(x: torch.Tensor) -> torch.Tensor:
+    """Official HSigmoid ``relu6(x + 3) / 6`` (composition kept for gradient parity, see :func:`hswish`)."""
+    return F.relu6(x + 3) / 6
+
+
+class _Coupled:
+    """Mixin: per-module counter of the n-laterally coupled slicing, toggled on every call."""
+
+    n: int
+    idx: int
+
+    def _trailing(self) -> bool:
+        trailing = self.idx % 2 == 1
+        if self.n > 0:
+            self.idx = (self.idx + 1) % self.n
+        return trailing
+
+
+class DynamicConv2d(nn.Conv2d, _Coupled):
+    """Conv2d using a leading or trailing slice of its weight, alternating per call (official ``DynamicConv2d``).
+
+    Depthwise convs (``groups > 1``) slice ``in_c`` filters and use ``groups = in_c``.
+    """
+
+    def __init__(self, *args: Any, n: int = 2, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.n = n
+        self.idx = 0
+
+    def forward(self, x: torch.Tensor, out_c: int | None = None) -> torch.Tensor:  # type: ignore[override]
+        in_c = x.shape[1]
+        out_c = self.out_channels if out_c is None else out_c
+        trailing = self._trailing()
+        if self.groups == 1:
+            o0, i0 = (self.out_channels - out_c, self.in_channels - in_c) if trailing else (0, 0)
+            w = self.weight[o0 : o0 + out_c, i0 : i0 + in_c]
+            b = None if self.bias is None else self.bias[o0 : o0 + out_c]
+            groups = 1
+        else:
+            o0 = self.in_channels - in_c if trailing else 0
+            w = self.weight[o0 : o0 + in_c]
+            b = None if self.bias is None else self.bias[o0 : o0 + in_c]
+            groups = in_c
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, groups)
+
+
+class DynamicBatchNorm2d(nn.BatchNorm2d, _Coupled):
+    """BatchNorm2d on a leading or trailing channel slice, alternating per call; running stats updated in place."""
+
+    def __init__(self, num_features: int, n: int = 2) -> None:
+        super().__init__(num_features)
+        self.n = n
+        self.idx = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        s = self.num_features - c if self._trailing() else 0
+        return F.batch_norm(
+            x,
+            self.running_mean[s : s + c],
+            self.running_var[s : s + c],
+            self.weight[s : s + c],
+            self.bias[s : s + c],
+            self.training or not self.track_running_stats,
+            factor,
+            self.eps,
+        )
+
+
+class _ConvOp(nn.Module):
+    """Stem (3x3) / conv_out (1x1): conv -> BN -> HSwish; ``fixed_out`` keeps all outputs (conv_out)."""
+
+    def __init__(self, inp: int, oup: int, oup_base: int, k: int, stride: int, n: int, fixed_out: bool) -> None:
+        super().__init__()
+        self.oup_base, self.fixed_out = oup_base, fixed_out
+        self.conv = DynamicConv2d(inp, oup, k, stride, k // 2, bias=False, n=n)
+        self.bn = DynamicBatchNorm2d(oup, n=n)
+
+    def forward(self, x: torch.Tensor, c_m: float) -> torch.Tensor:
+        out_c = None if self.fixed_out else int(math.ceil(self.oup_base * c_m))
+        return hswish(self.bn(self.conv(x, out_c)))
+
+
+class _SqueezeExcite(nn.Module):
+    """SE with the squeeze width computed from the current input width (``C // 4``)."""
+
+    def __init__(self, c: int, n: int) -> None:
+        super().__init__()
+        self.squeeze_conv = DynamicConv2d(c, c // 4, 1, bias=True, n=n)
+        self.excite_conv = DynamicConv2d(c // 4, c, 1, bias=True, n=n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        s = x.mean((2, 3), keepdim=True)
+        s = self.excite_conv(F.relu(self.squeeze_conv(s, c // 4)), c)
+        return x * hsigmoid(s)
+
+
+class _InvertedResidual(nn.Module):
+    """MBConv-SE: [1x1 expand -> BN -> HSwish] -> kxk dw -> BN -> HSwish -> SE -> 1x1 -> BN (+ residual)."""
+
+    def __init__(self, inp: int, oup: int, inp_base: int, oup_base: int, t: int, k: int, stride: int, n: int):
+        super().__init__()
+        self.t, self.inp_base, self.oup_base = t, inp_base, oup_base
+        hid = int(round(inp * t))
+        if t == 1:
+            self.conv1 = DynamicConv2d(hid, hid, k, stride, k // 2, groups=hid, bias=False, n=n)
+            self.bn1 = DynamicBatchNorm2d(hid, n=n)
+        else:
+            self.conv1 = DynamicConv2d(inp, hid, 1, 1, 0, bias=False, n=n)
+            self.bn1 = DynamicBatchNorm2d(hid, n=n)
+            self.conv1_2 = DynamicConv2d(hid, hid, k, stride, k // 2, groups=hid, bias=False, n=n)
+            self.bn1_2 = DynamicBatchNorm2d(hid, n=n)
+        self.se = _SqueezeExcite(hid, n)
+        self.conv2 = DynamicConv2d(hid, oup, 1, 1, 0, bias=False, n=n)
+        self.bn2 = DynamicBatchNorm2d(oup, n=n)
+        self.use_shortcut = inp == oup and stride == 1
+
+    def forward(self, x: torch.Tensor, c_m: float) -> torch.Tensor:
+        hid = int(math.ceil(int(round(self.inp_base * self.t)) * c_m))
+        y = hswish(self.bn1(self.conv1(x, hid)))
+        if self.t != 1:
+            y = hswish(self.bn1_2(self.conv1_2(y)))
+        y = self.bn2(self.conv2(self.se(y), int(math.ceil(self.oup_base * c_m))))
+        return y + x if self.use_shortcut else y
+
+
+class _Identity(nn.Module):
+    """``id`` op: identity, or 1x1 conv + BN when the stride or the channel count changes."""
+
+    def __init__(self, inp: int, oup: int, oup_base: int, stride: int, n: int) -> None:
+        super().__init__()
+        self.oup_base = oup_base
+        self.downsample = stride != 1 or inp != oup
+        if self.downsample:
+            self.conv = DynamicConv2d(inp, oup, 1, stride, bias=False, n=n)
+            self.bn = DynamicBatchNorm2d(oup, n=n)
+
+    def forward(self, x: torch.Tensor, c_m: float) -> torch.Tensor:
+        if self.downsample:
+            x = self.bn(self.conv(x, int(math.ceil(self.oup_base * c_m))))
+        return x
+
+
+class _Pool(nn.Module):
+    def forward(self, x: torch.Tensor, c_m: float) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, 1)
+
+
+class _Head(nn.Module):
+    """Linear classifier stored as ``module.0`` (official ``FC`` key layout)."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.module = nn.Sequential(nn.Linear(dim_in, dim_out))
+
+    def forward(self, x: torch.Tensor, c_m: float) -> torch.Tensor:
+        return self.module(x.flatten(1))
+
+
+class ScaleNetSuperNet(nn.Module):
+    """The weight-sharing super-supernet of a :class:`ScaleNetSpace` (official ``Net``).
+
+    Blocks live in ``self.net`` under the official names (``backbone_conv_stem_0``, ``backbone_stage2_3``, ...,
+    ``backbone_final_pooling``, ``head_linear1``), each a ``ModuleList`` of its ops.
+
+    Args:
+        space: The search space.
+        init: Apply the official initialisation (in module order, like the official ``_init_params``).
+    """
+
+    def __init__(self, space: ScaleNetSpace, init: bool = True) -> None:
+        super().__init__()
+        self.space = space
+        n = space.n_coupling
+        self.net = nn.ModuleList()
+        sup = space.super_channels
+        self.net.add_module(
+            "backbone_conv_stem_0",
+            nn.ModuleList(
+                [_ConvOp(space.in_chans, sup(space.stem_out), space.stem_out, 3, space.stem_stride, n, False)]
+            ),
+        )
+        inp_base = space.stem_out
+        for row, (_, n_max) in zip(space.stages, space.depth_stage[1:], strict=False):
+            inp = sup(inp_base)
+            for i in range(n_max):
+                stride = row.stride if i == 0 else 1
+                ops: list[nn.Module] = []
+                for op in space.ops:
+                    if op == "id":
+                        ops.append(_Identity(inp, sup(row.c_out), row.c_out, stride, n))
+                    else:
+                        k = OP_KERNELS[op]
+                        ops.append(_InvertedResidual(inp, sup(row.c_out), inp_base, row.c_out, row.t, k, stride, n))
+                self.net.add_module(f"backbone_{row.name}_{i}", nn.ModuleList(ops))
+                inp, inp_base = sup(row.c_out), row.c_out
+        last = space.stages[-1].c_out
+        self.net.add_module(
+            "backbone_conv_out_0", nn.ModuleList([_ConvOp(sup(last), space.conv_out, space.conv_out, 1, 1, n, True)])
+        )
+        self.net.add_module("backbone_final_pooling", nn.ModuleList([_Pool()]))
+        self.net.add_module("head_linear1", nn.ModuleList([_Head(space.conv_out, space.num_classes)]))
+        if init:
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Official init: conv ``N(0, sqrt(2 / (k*k*out)))`` on super shapes, bias 0; BN 1/0; Linear ``N(0, 0.01)``."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+                if m.bias is not None:
+                    m.bias.data.zero_()
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.data.fill_(1)
+                m.bias.data.zero_()
+            elif isinstance(m, nn.Linear):
+                m.weight.data.normal_(0, 0.01)
+                if m.bias is not None:
+                    m.bias.data.zero_()
+
+    def reset_bn(self) -> None:
+        """Official ``reset_bn``: running stats reset (the slicing counters are left as they are)."""
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+
+    def reset_counters(self) -> None:
+        """Set every slicing counter back to 0 (leading slice next)."""
+        for m in self.modules():
+            if isinstance(m, _Coupled):
+                m.idx = 0
+
+    def set_subnet(self, encoding: Sequence[Any]) -> None:
+        """Official ``set_subnet``: ``requires_grad`` only on the selected op of every block."""
+        for block, idx in zip(self.net, encoding[: len(self.net)], strict=True):
+            for j, op in enumerate(block):
+                op.requires_grad_(j == int(idx))
+
+    def forward(self, x: torch.Tensor | Mapping[int, torch.Tensor], encoding: Sequence[Any]) -> torch.Tensor:
+        """Logits of the sub-network ``encoding`` (ops + ``[c_m, r]``); ``x`` a batch or ``{resolution: batch}``."""
+        if len(encoding) != len(self.net) + 2:
+            raise ValueError(f"encoding has {len(encoding)} entries, expected {len(self.net)} op indices + [c_m, r]")
+        if isinstance(x, Mapping):
+            r = int(encoding[-1])
+            if r not in x:
+                raise KeyError(f"resolution {r} of the encoding not among the input resolutions {sorted(x)}")
+            x = x[r]
+        c_m = float(encoding[-2])
+        for idx, block in zip(encoding[:-2], self.net, strict=True):
+            x = block[int(idx)](x, c_m)
+        return x
+
+
+def official_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The one filter between an official checkpoint and :class:`ScaleNetSuperNet`: strip the DDP ``module.`` prefix.
+
+    Accepts the checkpoint dict (``{'step', 'state_dict', 'optimizer'}``) or its ``state_dict``.
+    """
+    sd = checkpoint.get("state_dict", checkpoint)
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def s_softmax_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Official ``'s-softmax'``: target 0.9 on the label, ``0.1 / (C - 1)`` elsewhere, summed over classes / batch.
+
+    As official, the soft targets are built in float32 and then cast to the logits' dtype.
+    """
+    b, c = logits.shape
+    q = torch.full((b, c), 0.1 / (c - 1), dtype=torch.float32, device=logits.device)
+    q.scatter_(1, labels.long().unsqueeze(1).to(logits.device), 0.9)
+    return -(F.log_softmax(logits, 1) * q.to(logits.dtype)).sum() / b
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sampling, repair, scaling
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _float32(x: float) -> float:
+    return float(np.float32(x))
+
+
+def sample_subnet(space: ScaleNetSpace, rng: random.Random) -> list[Any]:
+    """Hierarchical sampler of super-supernet training (official ``UniformSearcher.generate_subnet``).
+
+    Same sequence of ``rng.randint`` calls as the official code (which uses the global ``random``): scaling stage
+    with probability proportional to its number of width options, then ``c_m``, ``d_m``, ``r``, then an op in
+    ``1..len-1`` for every multi-choice block, then a base depth per group; scaled layers repeat the last base op.
+    ``c_m`` is rounded through float32 as the official broadcast does.
+    """
+    sizes = [len(w) for w in space.width_multipliers]
+    u = rng.randint(0, sum(sizes) - 1)
+    s = next(i for i in range(len(sizes)) if u < sum(sizes[: i + 1]))
+    c_m = space.width_multipliers[s][rng.randint(0, len(space.width_multipliers[s]) - 1)]
+    d_m = space.depth_multipliers[s][rng.randint(0, len(space.depth_multipliers[s]) - 1)]
+    r = space.resolutions[s][rng.randint(0, len(space.resolutions[s]) - 1)]
+    ops = [rng.randint(1, n - 1) if n > 1 else 0 for n in space.block_choices()]
+    out: list[int] = []
+    for n_b_max, n_max in space.depth_stage:
+        start = len(out)
+        if n_b_max == n_max:
+            out.append(ops[start])
+            continue
+        n_b = rng.randint(1, n_b_max)
+        n_s = int(math.ceil(n_b * d_m))
+        out += ops[start : start + n_b] + [ops[start + n_b - 1]] * (n_s - n_b) + [0] * (n_max - n_s)
+    return out + [_float32(c_m), int(r)]
+
+
+def _groups(space: ScaleNetSpace, ops: Sequence[int]) -> list[list[int]]:
+    out, i = [], 0
+    for _, n_max in space.depth_stage:
+        out.append(list(ops[i : i + n_max]))
+        i += n_max
+    return out
+
+
+def check_basenet(space: ScaleNetSpace, basenet: Sequence[int]) -> list[int]:
+    """Official repair of a base encoding (``EvolutionSampler.check_basenet``), ops only.
+
+    For every stage with ``n_base > 1``: first layer forced to >= 1, then one pass moving each non-``id`` op into
+    the most recent hole (not a full compaction: ``[1, 0, 2, 3] -> [1, 2, 0, 3]``); finally every position beyond
+    ``n_base`` is zeroed.
+    """
+    if len(basenet) != space.num_blocks:
+        raise ValueError(f"base encoding has {len(basenet)} ops, expected {space.num_blocks}")
+    groups = _groups(space, [int(v) for v in basenet])
+    for g, (n_base, _) in zip(groups, space.depth_stage, strict=True):
+        if n_base > 1:
+            if g[0] == 0:
+                g[0] = 1
+            hole = -1
+            for j in range(n_base):
+                if g[j] > 0 and hole != -1:
+                    g[hole], g[j], hole = g[j], 0, -1
+                elif g[j] == 0 and hole == -1:
+                    hole = j
+    for g, (n_base, n_max) in zip(groups, space.depth_stage, strict=True):
+        if n_base != n_max:
+            g[n_base:] = [0] * (n_max - n_base)
+    return [v for g in groups for v in g]
+
+
+def scaling_values(space: ScaleNetSpace, stage: int, index: Sequence[int] | None) -> tuple[float, float, int]:
+    """``(d_m, c_m, r)`` of a (depth, width, resolution) index triple in scaling stage ``stage`` (0 -> 1, 1, r0)."""
+    if stage == 0:
+        return 1.0, 1.0, space.resolutions[0][0]
+    if index is None or len(index) != 3:
+        raise ValueError(f"scaling stage {stage} needs a (depth, width, resolution) index triple, got {index}")
+    d, w, r = index
+    return space.depth_multipliers[stage][d], space.width_multipliers[stage][w], space.resolutions[stage][r]
+
+
+def scale_basenet(space: ScaleNetSpace, basenet: Sequence[int], d_m: float, c_m: float, resolution: int) -> list[Any]:
+    """Official ``generate_subnet_``: repair, then per stage ``n_s = ceil(n_b * d_m)`` copies of the last base op.
+
+    ``n_b`` counts the leading non-``id`` layers; a stray op after a hole stays active.
+    """
+    groups = _groups(space, check_basenet(space, basenet))
+    for g, (n_base, _) in zip(groups, space.depth_stage, strict=True):
+        if len(g) > 1:
+            n_b = 0
+            for j in range(n_base):
+                if g[j] <= 0:
+                    break
+                n_b += 1
+            n_s = int(math.ceil(n_b * d_m))
+            g[n_b:n_s] = [g[n_b - 1]] * (n_s - n_b)
+    return [v for g in groups for v in g] + [c_m, resolution]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# FLOPs
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _layer_rows(space: ScaleNetSpace) -> list[tuple[str, StageRow | None, int]]:
+    """Per choice block: kind ('stem', 'stage', 'conv_out', 'pool', 'head'), its stage row, layer index."""
+    rows: list[tuple[str, StageRow | None, int]] = [("stem", None, 0)]
+    for row, (_, n_max) in zip(space.stages, space.depth_stage[1:], strict=False):
+        rows += [("stage", row, i) for i in range(n_max)]
+    return rows + [("conv_out", None, 0), ("pool", None, 0), ("head", None, 0)]
+
+
+def official_flops(space: ScaleNetSpace, encoding: Sequence[Any]) -> int:
+    """Official multiply-add counter (``EvolutionSampler.count_flops``), with its inexactness kept.
+
+    Hidden width ``round(ceil(C_in * c_m) * t)``, output size ``(w + 2p - k + 1) // stride``, ``id`` ops count 0
+    and leave the size unchanged; BN, activations, pooling and biases are ignored; SE convs count ``C_in * C_out``.
+    """
+    space.validate(encoding)
+    c_m, w = float(encoding[-2]), int(encoding[-1])
+    total = 0
+
+    def conv(inp: int, oup: int, k: int, stride: int, groups: int) -> None:
+        nonlocal total, w
+        w = (w + 2 * (k // 2) - k + 1) // stride
+        total += inp * oup * w * w // groups * k * k
+
+    prev_base = space.stem_out
+    for (kind, row, i), op in zip(_layer_rows(space), encoding[:-2], strict=True):
+        if kind == "stem":
+            conv(space.in_chans, int(math.ceil(space.stem_out * c_m)), 3, space.stem_stride, 1)
+        elif kind == "stage":
+            assert row is not None
+            inp_base = prev_base if i == 0 else row.c_out
+            k = OP_KERNELS[space.ops[int(op)]]
+            if k:
+                inp = int(math.ceil(inp_base * c_m))
+                hid = int(round(inp * row.t))
+                oup = int(math.ceil(row.c_out * c_m))
+                stride = row.stride if i == 0 else 1
+                if row.t != 1:
+                    conv(inp, hid, 1, 1, 1)
+                conv(hid, hid, k, stride, hid)
+                total += 2 * hid * (hid // 4)
+                conv(hid, oup, 1, 1, 1)
+            if i == 0:
+                prev_base = row.c_out
+        elif kind == "conv_out":
+            conv(int(math.ceil(space.stages[-1].c_out * c_m)), space.conv_out, 1, 1, 1)
+        elif kind == "head":
+            total += space.conv_out * space.num_classes
+    return int(total)
+
+
+def true_flops(model: nn.Module, resolution: int, in_chans: int = 3) -> int:
+    """Multiply-adds of the real forward of a standalone network at ``resolution`` (via ``tenfold.utils.flops``)."""
+    was = model.training
+    model.eval()
+    try:
+        macs = count_flops(model, torch.zeros(1, in_chans, resolution, resolution)).macs
+    finally:
+        model.train(was)
+    return int(macs)
+
+
+def is_feasible(
+    space: ScaleNetSpace,
+    basenet: Sequence[int],
+    scaled: Sequence[Any] | None,
+    stage: int,
+    err: float,
+    flops: Callable[[ScaleNetSpace, Sequence[Any]], int] = official_flops,
+) -> bool:
+    """Official FLOPs feasibility: base ``|F(b) - F0| <= err_base``; scaled ``|F(s) - 2**s F(b)| <= err * 2**s``.
+
+    Args:
+        space: The space (``flops_constraint`` = F0, ``err_base``).
+        basenet: Base op encoding (repaired).
+        scaled: Scaled encoding of scaling stage ``stage`` (None: check the base only).
+        stage: Scaling stage of ``scaled``.
+        err: Tolerance of the scaled check (``err_base`` in the family score, ``err_scale`` in the grid search).
+        flops: FLOPs counter (default the official one).
+    """
+    f_base = flops(space, [*basenet, 1.0, space.resolutions[0][0]])
+    if scaled is None:
+        return abs(space.flops_constraint - f_base) <= space.err_base
+    return abs(2**stage * f_base - flops(space, scaled)) <= err * 2**stage
+
+
+def family_score(
+    space: ScaleNetSpace,
+    basenet: Sequence[int],
+    strategy: Mapping[int, Sequence[int]],
+    accuracy: Callable[[list[Any]], float],
+    stages: Sequence[int] | None = None,
+    weights: Sequence[float] | None = None,
+) -> float:
+    """Official family score of a base under a scaling strategy (``EvolutionSampler.eval_subnet``); higher is better.
+
+    Infeasible base: ``3 + (F0 - F(b)) / F0``. Otherwise the weighted mean over ``stages`` (default 1..max) of the
+    proxy ``accuracy(scaled)`` if the scaled member is feasible under ``err_base`` (relative to the base's own
+    FLOPs), else ``3 + (2**s F0 - F) / (2**s F0)``. The base itself is not part of the score.
+    """
+    basenet = check_basenet(space, basenet)
+    f0 = space.flops_constraint
+    f_base = official_flops(space, [*basenet, 1.0, space.resolutions[0][0]])
+    if abs(f0 - f_base) > space.err_base:
+        return 3.0 + (f0 - f_base) / f0
+    stages = list(range(1, space.max_scaling_stage + 1)) if stages is None else list(stages)
+    weights = [1.0] * len(stages) if weights is None else list(weights)
+    scores = []
+    for s in stages:
+        scaled = scale_basenet(space, basenet, *scaling_values(space, s, strategy[s]))
+        f = official_flops(space, scaled)
+        if is_feasible(space, basenet, scaled, s, space.err_base):
+            scores.append(accuracy(scaled))
+        else:
+            scores.append(3.0 + (f0 * 2**s - f) / (f0 * 2**s))
+    return sum(a * w for a, w in zip(scores, weights, strict=True)) / sum(weights)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Standalone export
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _MBConv(nn.Module):
+    def __init__(self, inp: int, hid: int, oup: int, k: int, stride: int, expand: bool) -> None:
+        super().__init__()
+        self.expand = (
+            nn.Sequential(nn.Conv2d(inp, hid, 1, bias=False), nn.BatchNorm2d(hid), nn.Hardswish())
+            if expand
+            else nn.Identity()
+        )
+        self.dw = nn.Sequential(
+            nn.Conv2d(hid, hid, k, stride, k // 2, groups=hid, bias=False), nn.BatchNorm2d(hid), nn.Hardswish()
+        )
+        self.se_reduce = nn.Conv2d(hid, hid // 4, 1)
+        self.se_expand = nn.Conv2d(hid // 4, hid, 1)
+        self.project = nn.Sequential(nn.Conv2d(hid, oup, 1, bias=False), nn.BatchNorm2d(oup))
+        self.use_shortcut = inp == oup and stride == 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dw(self.expand(x))
+        y = y * F.hardsigmoid(self.se_expand(F.relu(self.se_reduce(y.mean((2, 3), keepdim=True)))))
+        y = self.project(y)
+        return y + x if self.use_shortcut else y
+
+
+class ScaleNetModel(nn.Module):
+    """A found encoding as a standalone network: widths ``ceil(C * c_m)``, hidden ``ceil(round(C_in * t) * c_m)``."""
+
+    def __init__(self, space: ScaleNetSpace, encoding: Sequence[Any], num_classes: int | None = None) -> None:
+        super().__init__()
+        space.validate(encoding)
+        c_m = float(encoding[-2])
+        self.resolution = int(encoding[-1])
+        self.encoding = list(encoding)
+        stem = int(math.ceil(space.stem_out * c_m))
+        layers: list[nn.Module] = [
+            nn.Sequential(
+                nn.Conv2d(space.in_chans, stem, 3, space.stem_stride, 1, bias=False),
+                nn.BatchNorm2d(stem),
+                nn.Hardswish(),
+            )
+        ]
+        c, c_base = stem, space.stem_out
+        for (kind, row, i), op in zip(_layer_rows(space), encoding[:-2], strict=True):
+            if kind != "stage":
+                continue
+            assert row is not None
+            oup = int(math.ceil(row.c_out * c_m))
+            stride = row.stride if i == 0 else 1
+            k = OP_KERNELS[space.ops[int(op)]]
+            if k:
+                hid = int(math.ceil(int(round(c_base * row.t)) * c_m))
+                layers.append(_MBConv(c, hid, oup, k, stride, row.t != 1))
+            elif stride != 1 or c != oup:
+                layers.append(nn.Sequential(nn.Conv2d(c, oup, 1, stride, bias=False), nn.BatchNorm2d(oup)))
+            else:
+                continue
+            c, c_base = oup, row.c_out
+        layers.append(
+            nn.Sequential(nn.Conv2d(c, space.conv_out, 1, bias=False), nn.BatchNorm2d(space.conv_out), nn.Hardswish())
+        )
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(space.conv_out, num_classes or space.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch at :attr:`resolution` (any size works: the head pools globally)."""
+        return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+def scalenet_from_encoding(
+    encoding: Sequence[Any], space: ScaleNetSpace | str = "paper", num_classes: int | None = None, **kwargs: Any
+) -> ScaleNetModel:
+    """Build a found encoding as a standalone :class:`ScaleNetModel` (timm entrypoint-style builder).
+
+    Args:
+        encoding: ``ops + [c_m, resolution]`` of ``space``.
+        space: A :class:`ScaleNetSpace` or ``"paper"`` / ``"tiny"``.
+        num_classes: Override of the space's classifier size.
+        **kwargs: What ``timm.create_model`` passes (``pretrained``, ``pretrained_cfg``, ``pretrained_cfg_overlay``,
+            ``cache_dir``); only their defaults are accepted, as no weights are released.
+    """
+    if kwargs.pop("pretrained", False):
+        raise ValueError("ScaleNet has no released weights; pretrained=True is not available")
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # passed (as None) by timm.create_model
+        if kwargs.pop(key, None) is not None:
+            raise ValueError(f"{key} is not supported: ScaleNet has no released weights")
+    if kwargs:
+        raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+    if isinstance(space, str):
+        builders = {"paper": ScaleNetSpace.paper, "tiny": ScaleNetSpace.tiny}
+        if space not in builders:
+            raise ValueError(f"unknown ScaleNet space {space!r}; known: {sorted(builders)}")
+        space = builders[space]()
+    return ScaleNetModel(space, encoding, num_classes)
