@@ -18,15 +18,21 @@ from tenfold.seg.models import (
     dilate_resnet_,
     load_segmenter_weights,
 )
+from tenfold.seg.prcl import PRCLDeepLabV3Plus, PRCLLoss, PRCLOutput, PRCLSample, UncertaintyHead
 
 __all__ = [
     "ASPP",
     "DeepLabHead",
     "DeepLabV3",
     "DeepLabV3Plus",
+    "PRCLDeepLabV3Plus",
+    "PRCLLoss",
+    "PRCLOutput",
+    "PRCLSample",
     "SegOutput",
     "SegmentationScores",
     "SegmentationTask",
+    "UncertaintyHead",
     "build_backbone",
     "build_segmenter",
     "checkpoint_filter_fn",
