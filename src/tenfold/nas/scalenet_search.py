@@ -1,0 +1,224 @@
+"""ScaleNet joint search (spec 2.6): base GA alternating with per-stage grid search of scaling strategies.
+
+Model-agnostic: ``score_fn(encoding) -> float`` is the proxy accuracy (higher is better) and ``flops_fn`` the FLOPs
+counter (default :func:`official_flops`). The GA is our own single-objective GA (binary tournament, 2-point
+crossover, integer polynomial mutation eta 3 with probability 1/n_var, duplicate elimination, elitist survival),
+not pymoo 0.3.0 NSGA-Net: one objective, no crowding distance, our own RNG stream. It minimises the official
+family-score objective ``-family_score`` (infeasible bases are penalised by :func:`family_score` itself).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tenfold.nas.scalenet import (
+    ScaleNetSpace,
+    check_basenet,
+    family_score,
+    is_feasible,
+    official_flops,
+    scale_basenet,
+    scaling_values,
+)
+
+FlopsFn = Callable[[ScaleNetSpace, Sequence[Any]], int]
+
+
+def _key(x: Sequence[Any]) -> str:
+    return json.dumps([float(v) if isinstance(v, float) else int(v) for v in x])
+
+
+class EvalCache:
+    """Evaluation cache keyed by the encoding string; JSON-serialisable."""
+
+    def __init__(self, fn: Callable[[list[Any]], float], table: dict[str, float] | None = None) -> None:
+        self.fn, self.table, self.calls = fn, dict(table or {}), 0
+
+    def __call__(self, encoding: Sequence[Any]) -> float:
+        """Score of ``encoding``, computed once."""
+        k = _key(encoding)
+        if k not in self.table:
+            self.calls += 1
+            self.table[k] = float(self.fn(list(encoding)))
+        return self.table[k]
+
+
+def get_init_basenet(
+    space: ScaleNetSpace, rng: random.Random, n: int, flops_fn: FlopsFn = official_flops, max_tries: int = 100000
+) -> list[list[int]]:
+    """Rejection-sample ``n`` distinct feasible (repaired) base encodings."""
+    out: list[list[int]] = []
+    for _ in range(max_tries):
+        if len(out) == n:
+            return out
+        b = check_basenet(space, [rng.randint(0, c - 1) for c in space.block_choices()])
+        if b not in out and is_feasible(space, b, None, 0, space.err_base, flops_fn):
+            out.append(b)
+    if len(out) < n:
+        raise ValueError(f"only {len(out)} of {n} feasible bases found in {max_tries} tries (check flops_constraint)")
+    return out
+
+
+def _grid(space: ScaleNetSpace, s: int) -> list[tuple[int, int, int]]:
+    return list(
+        itertools.product(
+            range(len(space.depth_multipliers[s])),
+            range(len(space.width_multipliers[s])),
+            range(len(space.resolutions[s])),
+        )
+    )
+
+
+def grid_search(
+    space: ScaleNetSpace,
+    basenet: Sequence[int],
+    stage: int,
+    score_fn: Callable[[list[Any]], float],
+    flops_fn: FlopsFn = official_flops,
+) -> list[tuple[float, tuple[int, int, int]]]:
+    """Exhaustive grid of one scaling stage for one base: feasible (``err_scale``) strategies sorted by score."""
+    rows = []
+    for idx in _grid(space, stage):
+        scaled = scale_basenet(space, basenet, *scaling_values(space, stage, idx))
+        if is_feasible(space, basenet, scaled, stage, space.err_scale, flops_fn):
+            rows.append((float(score_fn(scaled)), idx))
+    return sorted(rows, key=lambda r: -r[0])
+
+
+def initial_strategy(
+    space: ScaleNetSpace, bases: Sequence[Sequence[int]], flops_fn: FlopsFn = official_flops
+) -> dict[int, tuple[int, int, int]]:
+    """Per stage the grid point feasible for the most bases (feasibility averaged over the bases)."""
+    out = {}
+    for s in range(1, space.max_scaling_stage + 1):
+
+        def frac(idx: tuple[int, int, int], s: int = s) -> float:
+            return sum(
+                is_feasible(
+                    space, b, scale_basenet(space, b, *scaling_values(space, s, idx)), s, space.err_scale, flops_fn
+                )
+                for b in bases
+            ) / len(bases)
+
+        out[s] = max(_grid(space, s), key=frac)
+    return out
+
+
+def _poly_int(x: int, lo: int, hi: int, rng: random.Random, eta: float = 3.0) -> int:
+    if hi <= lo:
+        return lo
+    u = rng.random()
+    d = (2 * u) ** (1 / (eta + 1)) - 1 if u < 0.5 else 1 - (2 * (1 - u)) ** (1 / (eta + 1))
+    return min(hi, max(lo, int(round(x + d * (hi - lo + 1)))))
+
+
+class SearchStopped(Exception):
+    """Raised by a callback to stop the search (the state file allows ``resume``)."""
+
+
+def search(
+    space: ScaleNetSpace,
+    score_fn: Callable[[list[Any]], float],
+    state_path: str | os.PathLike,
+    *,
+    flops_fn: FlopsFn = official_flops,
+    pop_size: int = 8,
+    n_gens: int = 4,
+    admm_iter: int = 2,
+    n_init: int = 4,
+    topk: int = 3,
+    seed: int = 0,
+    resume: bool = False,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Alternation loop: grid strategy for the top bases, then a GA over bases; state saved after every generation.
+
+    Returns the final state (``topk``: best ``[score, base]`` rows, ``strategy``).
+    """
+    if resume:
+        try:
+            with open(state_path) as f:
+                st = json.load(f)
+            rng = random.Random()
+            v = st["rng"]
+            rng.setstate((v[0], tuple(v[1]), v[2]))
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise ValueError(f"cannot resume from state file {state_path}: {e!r}") from e
+    else:
+        rng = random.Random(seed)
+        bases = get_init_basenet(space, rng, n_init, flops_fn)
+        st = {
+            "round": 0,
+            "gen": 0,
+            "pop": None,
+            "cache": {},
+            "topk": [],
+            "bases": bases,
+            "strategy": {str(k): list(v) for k, v in initial_strategy(space, bases, flops_fn).items()},
+        }
+    acc = EvalCache(score_fn, st["cache"])
+    n_var = space.num_blocks
+    choices = space.block_choices()
+
+    def fit(b: list[int]) -> float:
+        strat = {int(k): tuple(v) for k, v in st["strategy"].items()}
+        return family_score(space, b, strat, acc)
+
+    def save() -> None:
+        st["cache"] = acc.table
+        st["rng"] = [list(rng.getstate()[0:1])[0], list(rng.getstate()[1]), rng.getstate()[2]]
+        tmp = f"{state_path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(st, f)
+        os.replace(tmp, state_path)
+
+    while st["round"] < admm_iter:
+        if st["pop"] is None:
+            if st["round"] > 0:  # grid step for the best base
+                best = st["topk"][0][1]
+                for s in range(1, space.max_scaling_stage + 1):
+                    rows = grid_search(space, best, s, acc, flops_fn)
+                    if rows:
+                        st["strategy"][str(s)] = list(rows[0][1])
+            pop = [list(b) for b in st["bases"]]
+            while len(pop) < pop_size:
+                b = check_basenet(space, [rng.randint(0, c - 1) for c in choices])
+                if b not in pop:
+                    pop.append(b)
+            st["pop"] = [[fit(b), b] for b in pop]
+            st["gen"] = 0
+        while st["gen"] < n_gens:
+            pop = st["pop"]
+            seen = {_key(b) for _, b in pop}
+            kids: list[list[int]] = []
+            for _ in range(50 * pop_size):
+                if len(kids) >= pop_size:
+                    break
+                p = [max(rng.sample(pop, 2), key=lambda r: r[0])[1] for _ in range(2)]
+                i, j = sorted(rng.sample(range(n_var + 1), 2))
+                c = p[0][:i] + p[1][i:j] + p[0][j:]
+                c = [
+                    _poly_int(v, 0, n - 1, rng) if rng.random() < 1 / n_var else v
+                    for v, n in zip(c, choices, strict=True)
+                ]
+                c = check_basenet(space, c)
+                if _key(c) not in seen:
+                    seen.add(_key(c))
+                    kids.append(c)
+            merged = pop + [[fit(c), c] for c in kids]
+            st["pop"] = sorted(merged, key=lambda r: -r[0])[:pop_size]
+            st["gen"] += 1
+            st["topk"] = [list(r) for r in st["pop"][:topk]]
+            save()
+            if callback is not None:
+                callback(st)
+        st["bases"] = [r[1] for r in st["topk"]]
+        st["pop"] = None
+        st["round"] += 1
+        save()
+    return st
