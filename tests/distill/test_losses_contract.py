@@ -23,6 +23,7 @@ import torch.nn as nn
 
 import tenfold
 from tenfold.distill import DiffKDLoss, DISTLoss, KDLoss, MasKDLoss, MasKDSegLoss
+from tenfold.seg import PRCLLoss
 from tenfold.speech import ComMagEuclideanLoss
 
 Inputs = tuple[Any, ...]  # (prediction, target, *extra arguments); the prediction is a tensor or a list of levels
@@ -95,6 +96,26 @@ def _maskd_mismatched() -> list[Inputs]:
     return [(good, wider), (wider, wider), (good, longer), (longer, good), (one_level, one_level), (good, one_level)]
 
 
+# PRCL on (N=2, D=6, 4, 4) means; 3 classes; every pixel valid and hard (probabilities 1/3 < 0.8)
+_PRCL_SHAPE = (2, 6, 4, 4)
+
+
+def _prcl_extras(n: int = 2, h: int = 4, w: int = 4, classes: int = 3) -> tuple[torch.Tensor, ...]:
+    labels = torch.arange(n * h * w).reshape(n, h, w) % classes  # all classes present
+    onehot = torch.nn.functional.one_hot(labels, classes).permute(0, 3, 1, 2).float()
+    return onehot, torch.ones(n, 1, h, w), torch.full((n, classes, h, w), 1.0 / classes)
+
+
+def _prcl_inputs(seed: int) -> Inputs:
+    return (_randn(_PRCL_SHAPE, seed), torch.sigmoid(_randn(_PRCL_SHAPE, seed + 1)), *_prcl_extras())
+
+
+def _prcl_mismatched() -> list[Inputs]:
+    mu, sigma, *extras = _prcl_inputs(0)
+    wider = torch.sigmoid(_randn((2, 7, 4, 4), 1))  # sigma with one more dimension than mu
+    return [(mu, wider, *extras), (mu, sigma, *_prcl_extras(h=5)), (mu[:1], sigma[:1], *extras)]
+
+
 CASES = [
     _recipe(KDLoss, "KDLoss", lambda: KDLoss(), (6, 10), "shape"),
     _recipe(KDLoss, "KDLoss-tau1-sum", lambda: KDLoss(tau=1.0, reduction="sum"), (6, 10), "shape"),
@@ -153,6 +174,14 @@ CASES = [
         "shape",
         state="frozen",
     ),
+    Recipe(
+        PRCLLoss,
+        "PRCLLoss-temp0.5",
+        lambda: PRCLLoss(8, 16, temperature=0.5),
+        _prcl_inputs,
+        _prcl_mismatched,
+        "must be|must have",
+    ),  # fmt: skip
 ]
 IDS = [case.name for case in CASES]
 

@@ -240,13 +240,17 @@ class PRCLLoss(nn.Module):
         self.prototype_momentum = prototype_momentum
         self.official_no_grad_zero = official_no_grad_zero
         self.last_sample: PRCLSample | None = None
-        # GDP memory (non-persistent: rebuilt after a resume), created lazily at the first call
-        self.register_buffer("global_mu", torch.empty(0), persistent=False)
-        self.register_buffer("global_sigma", torch.empty(0), persistent=False)
-        self.register_buffer("global_seen", torch.empty(0, dtype=torch.bool), persistent=False)
+        # GDP memory (non-persistent: rebuilt after a resume), filled lazily at the first call; without GDP the
+        # loss holds no state at all
+        if global_prototypes:
+            self.register_buffer("global_mu", torch.empty(0), persistent=False)
+            self.register_buffer("global_sigma", torch.empty(0), persistent=False)
+            self.register_buffer("global_seen", torch.empty(0, dtype=torch.bool), persistent=False)
 
     def reset_prototypes(self) -> None:
         """Forget the global prototypes (``global_prototypes=True``)."""
+        if not self.global_prototypes:
+            return
         self.global_mu = torch.empty(0, device=self.global_mu.device)
         self.global_sigma = torch.empty(0, device=self.global_sigma.device)
         self.global_seen = torch.empty(0, dtype=torch.bool, device=self.global_seen.device)
