@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,20 +10,6 @@ from tenfold.engine.optim import OptimConfig
 from tenfold.seg.prcl import PRCLDeepLabV3Plus, ema_update_
 from tenfold.seg.semi import SemiSupervisedSegTask
 from tenfold.seg.task import SegmentationTask
-
-HAS_MIXING = importlib.util.find_spec("tenfold.seg.mixing") is not None
-
-
-@pytest.fixture
-def mixing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Helper B's mixing module, or identity stand-ins while it is absent (the task logic is what is tested)."""
-    if HAS_MIXING:
-        return
-    fake = types.ModuleType("tenfold.seg.mixing")
-    fake.rescale_crop = lambda i, y, c, *a, **k: (i, y, c)
-    fake.generate_mix = lambda i, y, c, *a, **k: (i, y, c)
-    fake.strong_augment = lambda i, y, c, *a, **k: (i, y, c)
-    monkeypatch.setitem(sys.modules, "tenfold.seg.mixing", fake)
 
 
 def tiny_model(seed: int = 0) -> PRCLDeepLabV3Plus:
@@ -117,7 +99,7 @@ def test_eval_uses_ema_teacher_by_default() -> None:
         assert not torch.allclose(task.predict_logits(x), ema_logits)
 
 
-def test_prcl_step_gives_gradients_to_student_and_head_not_teacher(mixing: None) -> None:
+def test_prcl_step_gives_gradients_to_student_and_head_not_teacher() -> None:
     task = SemiSupervisedSegTask(
         tiny_model(), method="prcl", un_threshold=0.0, weak_threshold=0.0, num_queries=8, num_negatives=16
     ).train()
@@ -128,7 +110,7 @@ def test_prcl_step_gives_gradients_to_student_and_head_not_teacher(mixing: None)
     assert task.model.representation[3].weight.grad.abs().sum() > 0
 
 
-def test_prcl_term_weight_follows_rampdown(mixing: None) -> None:
+def test_prcl_term_weight_follows_rampdown() -> None:
     task = SemiSupervisedSegTask(
         tiny_model(), method="prcl", un_threshold=0.0, weak_threshold=0.0, num_queries=8, num_negatives=16
     ).train()
@@ -173,7 +155,7 @@ def _fit(task: SemiSupervisedSegTask, steps: int, root, ckpt: str | None = None)
         trainer.save_checkpoint(str(root / "mid.ckpt"))
 
 
-def test_resume_restores_ema_teacher(mixing: None, tmp_path) -> None:
+def test_resume_restores_ema_teacher(tmp_path) -> None:
     def make() -> SemiSupervisedSegTask:
         return SemiSupervisedSegTask(
             tiny_model(), method="prcl", un_threshold=0.0, weak_threshold=0.0, num_queries=4, num_negatives=8
@@ -214,7 +196,6 @@ def test_voc_recipe_model_section_matches_the_official_build() -> None:
 
 
 def test_tiny_recipe_parses_through_the_cli(tmp_path, monkeypatch) -> None:
-    pytest.importorskip("tenfold.data.semi", reason="helper B's SemiSegmentationData is needed for the data section")
     import contextlib
     import io
 
@@ -226,3 +207,52 @@ def test_tiny_recipe_parses_through_the_cli(tmp_path, monkeypatch) -> None:
         run_lightning_cli(["fit", "--config", str(CONFIGS / "tiny.yaml"), "--print_config"])
     assert done.value.code == 0
     assert "class_path: tenfold.seg.semi.SemiSupervisedSegTask" in printed.getvalue()
+
+
+def _semi_data() -> SemiSegmentationData:  # noqa: F821
+    from tenfold.data.semi import SemiSegmentationData
+
+    # 4 labelled of 16 at batch 2 (n_l = 2), epoch of int(12 / 2 / 2) = 3 passes = 6 steps
+    return SemiSegmentationData(
+        dataset="builtin", num_classes=3, train_size=16, labelled=4, val_size=4, test_size=4, image_size=32,
+        epoch_images=12, batch_size=2,
+    )  # fmt: skip
+
+
+def _fit_data(task: SemiSupervisedSegTask, steps: int, root, ckpt: str | None = None) -> pl.Trainer:  # noqa: F821
+    """Fit with the engine's RNG callback; a checkpoint every 4 steps in ``root`` (as ``tenfold fit`` does)."""
+    import lightning.pytorch as pl
+
+    from tenfold.engine.callbacks import RNGState
+
+    every = pl.callbacks.ModelCheckpoint(dirpath=str(root), every_n_train_steps=4, save_top_k=-1, save_last=False)
+    trainer = pl.Trainer(
+        max_steps=steps, max_epochs=-1, logger=False, enable_progress_bar=False, callbacks=[every, RNGState()],
+        enable_model_summary=False, limit_val_batches=0, default_root_dir=str(root), accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(task, datamodule=_semi_data(), ckpt_path=ckpt)
+    return trainer
+
+
+def test_fit_with_the_semi_data_module_resumes_mid_epoch_exactly(tmp_path) -> None:
+    """trainer.fit on SemiSegmentationData: epoch length from the data, kill mid-epoch, resume == uninterrupted."""
+
+    def make() -> SemiSupervisedSegTask:
+        torch.manual_seed(0)
+        return SemiSupervisedSegTask(
+            tiny_model(), method="prcl", un_threshold=0.0, weak_threshold=0.0, num_queries=4, num_negatives=8,
+            epoch_images=12, total_epochs=3,
+        )  # fmt: skip
+
+    full = make()
+    trainer = _fit_data(full, 8, tmp_path / "a")
+    assert full.iters_per_epoch == 6 and len(trainer.train_dataloader) == 6  # the data module's epoch, not 12 // 2
+    assert float(trainer.callback_metrics["train/ema_decay"]) == pytest.approx(1 - 1 / 8)  # 8th update: step 7
+    (mid,) = (tmp_path / "a").glob("*step=4.ckpt")  # written during training, mid-way through epoch 0
+    resumed = make()
+    _fit_data(resumed, 8, tmp_path / "c", ckpt=str(mid))
+    assert not torch.equal(next(full.model.parameters()), next(make().model.parameters()))
+    for part in ("model", "ema", "uncertainty_head"):
+        a_sd, b_sd = getattr(full, part).state_dict(), getattr(resumed, part).state_dict()
+        for name, a in a_sd.items():
+            assert torch.equal(a, b_sd[name]), f"{part}.{name}"

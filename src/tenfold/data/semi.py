@@ -373,6 +373,19 @@ class SemiSegmentationData(TrainerPositionMixin, pl.LightningDataModule):
             else:
                 self._splits[split] = _Transformed(self._eval_set(split), self.eval_transform)
 
+    def unlabelled_dataset(self) -> Dataset:
+        """The unlabelled pool before augmentation: items ``(image uint8 (3, H, W), label (H, W))``.
+
+        Its labels are never used by training; they are there to analyse pseudo-labels (built-in data, or a real
+        dataset whose unlabelled part is annotated). Call after ``setup("fit")``.
+
+        Raises:
+            RuntimeError: called before ``setup("fit")``.
+        """
+        if "unlabelled" not in self._splits:
+            raise RuntimeError("call setup('fit') before unlabelled_dataset()")
+        return self._splits["unlabelled"].base  # type: ignore[attr-defined]
+
     def train_dataloader(self) -> _SemiTrainLoader:
         """Dict batches of labelled and (cycling) unlabelled crops; resumable, rank-sharded."""
         rank, world = self._rank_world()

@@ -37,6 +37,7 @@ DEMO_MODULES = (
     "tenfold.speech.demo",
     "tenfold.mim.demo",
     "tenfold.seg.demo",
+    "tenfold.seg.demo_prcl",
 )
 
 

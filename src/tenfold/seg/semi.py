@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tenfold.data.semi import SemiSegmentationData
 from tenfold.engine.optim import OptimConfig, configure_optimizers
 from tenfold.seg.prcl import (
     PRCLLoss,
@@ -71,10 +72,13 @@ class SemiSupervisedSegTask(SegmentationTask):
         temperature: PRCL temperature (official 100).
         global_prototypes: journal-version Global Distribution Prototypes (off, not in the official code).
         mix_mode: ``classmix`` (official), ``cutmix`` or ``cutout``.
-        scale_range: rescale range of the strong unlabelled branch (VOC (0.5, 1.5), Cityscapes (0.5, 2.0)).
-        crop_size: crop of the strong branch; None = the unlabelled images' size.
+        strong_scale_range: rescale range of the strong unlabelled branch (VOC (0.5, 1.5), Cityscapes (0.5, 2.0));
+            the labelled images' range is the data module's ``scale_range`` (Cityscapes (1, 1)).
+        strong_crop_size: crop of the strong branch; None = the unlabelled images' size (the data's crop).
         epoch_images: labelled images per "epoch" (2000).
-        iters_per_epoch: optimiser steps per "epoch"; None = ``epoch_images // labelled batch size``. The official
+        iters_per_epoch: optimiser steps per "epoch"; None = the trainer's batches per epoch when the data module
+            defines the official epoch (:class:`~tenfold.data.semi.SemiSegmentationData` does), else
+            ``epoch_images // labelled batch size``. The official
             count is ``int(epoch_images / batch / L) * L`` with L the labelled loader's length (VOC-662 at 16: 84;
             Cityscapes-150 at 6: 325): the recipes set it.
         total_epochs: epochs of the poly lr and of the PRCL rampdown (200).
@@ -111,8 +115,8 @@ class SemiSupervisedSegTask(SegmentationTask):
         temperature: float = 100.0,
         global_prototypes: bool = False,
         mix_mode: Literal["classmix", "cutmix", "cutout"] = "classmix",
-        scale_range: tuple[float, float] = (0.5, 1.5),
-        crop_size: tuple[int, int] | None = None,
+        strong_scale_range: tuple[float, float] = (0.5, 1.5),
+        strong_crop_size: tuple[int, int] | None = None,
         epoch_images: int = 2000,
         iters_per_epoch: int | None = None,
         total_epochs: int = 200,
@@ -172,8 +176,8 @@ class SemiSupervisedSegTask(SegmentationTask):
         self.un_threshold = un_threshold
         self.weak_threshold = weak_threshold
         self.mix_mode = mix_mode
-        self.scale_range = tuple(scale_range)
-        self.crop_size = tuple(crop_size) if crop_size is not None else None
+        self.strong_scale_range = tuple(strong_scale_range)
+        self.strong_crop_size = tuple(strong_crop_size) if strong_crop_size is not None else None
         self.epoch_images = epoch_images
         self.total_epochs = total_epochs
         self.prcl_multiplier = prcl_multiplier
@@ -220,7 +224,12 @@ class SemiSupervisedSegTask(SegmentationTask):
     def current_epoch_images(self, labelled_batch: int) -> int:
         """The "epoch" (of ``epoch_images`` labelled images) of the current step."""
         if self.iters_per_epoch is None:
-            self.iters_per_epoch = max(1, self.epoch_images // max(1, labelled_batch))
+            n = getattr(self._trainer, "num_training_batches", None) if self._trainer is not None else None
+            from_data = isinstance(getattr(self._trainer, "datamodule", None), SemiSegmentationData)
+            if from_data and isinstance(n, int) and n > 0:
+                self.iters_per_epoch = n
+            else:
+                self.iters_per_epoch = max(1, self.epoch_images // max(1, labelled_batch))
         return int(self.trainer.global_step) // self.iters_per_epoch if self._trainer is not None else 0
 
     def _step_generator(self) -> torch.Generator:
@@ -269,9 +278,9 @@ class SemiSupervisedSegTask(SegmentationTask):
 
         gen = self._step_generator()
         conf, pseudo = self.pseudo_label(self.normalize(images_u))
-        crop = self.crop_size or tuple(images_u.shape[-2:])
+        crop = self.strong_crop_size or tuple(images_u.shape[-2:])
         images_u, pseudo, conf = mixing.rescale_crop(
-            images_u, pseudo, conf, self.scale_range, crop, generator=gen, ignore_index=self.ignore_index
+            images_u, pseudo, conf, self.strong_scale_range, crop, generator=gen, ignore_index=self.ignore_index
         )
         images_u, pseudo, conf = mixing.generate_mix(
             images_u, pseudo, conf, self.mix_mode, generator=gen, ignore_index=self.ignore_index
@@ -319,11 +328,16 @@ class SemiSupervisedSegTask(SegmentationTask):
             )
         return total
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """EMA update of the teacher after the optimiser step (step = updates done - 1, so decay 0 first)."""
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimiser step, then the EMA update of the teacher (official decay of step ``global_step``: 0 first).
+
+        Done here rather than in ``on_train_batch_end``: Lightning runs the callbacks' batch-end hooks (the
+        checkpoint's among them) before the module's, so a checkpoint written at step N would miss update N.
+        """
+        super().optimizer_step(*args, **kwargs)
         if self.ema is None:
             return
-        step = max(int(self.trainer.global_step) - 1, 0)
+        step = int(self.trainer.global_step)  # Lightning counts this update once the hook returns
         ema_update_(self.ema, self.model, step, self.ema_alpha, include_buffers=self.ema_buffers)
         self.log("train/ema_decay", ema_decay(step, self.ema_alpha))
 
