@@ -24,9 +24,9 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from tenfold.data.sampling import ResumableDataLoader, TrainerPositionMixin
+from tenfold.data.sampling import ResumableDataLoader, UnpaddedEvalLoaders
 
 __all__ = ["COCO_LAYOUT", "DetectionData", "coco_target", "hflip_detection", "list_collate"]
 
@@ -148,7 +148,7 @@ class _Flipped(Dataset):
 _BUILTIN_CACHE: dict[tuple, Dataset] = {}
 
 
-class DetectionData(TrainerPositionMixin, pl.LightningDataModule):
+class DetectionData(UnpaddedEvalLoaders, pl.LightningDataModule):
     """Detection data: built-in scenes (default, no download) or COCO 2017 from disk, as torchvision targets.
 
     Args:
@@ -174,6 +174,8 @@ class DetectionData(TrainerPositionMixin, pl.LightningDataModule):
             without pycocotools installed.
         FileNotFoundError: (in :meth:`setup`) the COCO layout is missing (the message names it).
     """
+
+    _eval_collate = staticmethod(list_collate)
 
     def __init__(
         self,
@@ -248,16 +250,3 @@ class DetectionData(TrainerPositionMixin, pl.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=list_collate,
         )
-
-    def _eval_loader(self, split: str) -> DataLoader:
-        return self._unpadded_eval_loader(
-            self._splits[split], self.eval_batch_size, num_workers=self.num_workers, collate_fn=list_collate
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        """Loader of the validation split (COCO val2017), this process's unpadded shard."""
-        return self._eval_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        """Loader of the test split (COCO: val2017 again), this process's unpadded shard."""
-        return self._eval_loader("test")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-__all__ = ["EpochIndexSampler", "EpochSampler", "ResumableDataLoader", "TrainerPositionMixin"]
+__all__ = ["EpochIndexSampler", "EpochSampler", "ResumableDataLoader", "TrainerPositionMixin", "UnpaddedEvalLoaders"]
 
 
 class EpochSampler(Sampler[int]):
@@ -188,3 +188,29 @@ class TrainerPositionMixin:
         trainer = self.trainer
         assert trainer is not None
         return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+class UnpaddedEvalLoaders(TrainerPositionMixin):
+    """``val_dataloader`` / ``test_dataloader`` of a data module that scores every item exactly once under DDP.
+
+    The data module provides ``self._splits`` (split name -> dataset), ``eval_batch_size``, ``num_workers`` and,
+    as a class attribute, ``_eval_collate = staticmethod(<collate function>)``.
+    """
+
+    _splits: dict[str, Any]
+    eval_batch_size: int
+    num_workers: int
+    _eval_collate: Callable | None = None
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return self._unpadded_eval_loader(
+            self._splits[split], self.eval_batch_size, num_workers=self.num_workers, collate_fn=self._eval_collate
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Loader of the validation split, this process's unpadded shard."""
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        """Loader of the test split, this process's unpadded shard."""
+        return self._eval_loader("test")

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from tenfold.data.sampling import ResumableDataLoader, TrainerPositionMixin
+from tenfold.data.sampling import ResumableDataLoader, UnpaddedEvalLoaders
 
 __all__ = [
     "CITYSCAPES_CLASSES",
@@ -395,7 +395,7 @@ def pad_collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
 _BUILTIN_CACHE: dict[tuple, Dataset] = {}
 
 
-class SegmentationData(TrainerPositionMixin, pl.LightningDataModule):
+class SegmentationData(UnpaddedEvalLoaders, pl.LightningDataModule):
     """Semantic-segmentation data: built-in scenes (default, no download), Pascal VOC 2012 or Cityscapes from disk.
 
     Args:
@@ -435,6 +435,8 @@ class SegmentationData(TrainerPositionMixin, pl.LightningDataModule):
         ValueError: an unknown dataset, a missing ``root`` or an invalid setting.
         FileNotFoundError: (in :meth:`setup`) the dataset's layout is missing.
     """
+
+    _eval_collate = staticmethod(pad_collate)
 
     def __init__(
         self,
@@ -559,16 +561,3 @@ class SegmentationData(TrainerPositionMixin, pl.LightningDataModule):
         return self._epoch_indexed_train_loader(
             self._splits["train"], self.batch_size, self.shuffle_seed, num_workers=self.num_workers
         )
-
-    def _eval_loader(self, split: str) -> DataLoader:
-        return self._unpadded_eval_loader(
-            self._splits[split], self.eval_batch_size, num_workers=self.num_workers, collate_fn=pad_collate
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        """Loader of the validation split, this process's unpadded shard."""
-        return self._eval_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        """Loader of the test split, this process's unpadded shard."""
-        return self._eval_loader("test")

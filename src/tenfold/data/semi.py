@@ -38,7 +38,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tenfold.data.sampling import EpochIndexSampler, TrainerPositionMixin
+from tenfold.data.sampling import EpochIndexSampler, UnpaddedEvalLoaders
 from tenfold.data.segmentation import (
     _STATS,
     IGNORE_INDEX,
@@ -204,7 +204,7 @@ class _SemiTrainLoader:
                 t += 1
 
 
-class SemiSegmentationData(TrainerPositionMixin, pl.LightningDataModule):
+class SemiSegmentationData(UnpaddedEvalLoaders, pl.LightningDataModule):
     """Labelled + unlabelled segmentation data for PRCL-style training (see the module docstring).
 
     Args:
@@ -234,6 +234,8 @@ class SemiSegmentationData(TrainerPositionMixin, pl.LightningDataModule):
     Raises:
         ValueError: an unknown dataset, missing root or bad setting.
     """
+
+    _eval_collate = staticmethod(pad_collate)
 
     def __init__(
         self,
@@ -401,16 +403,3 @@ class SemiSegmentationData(TrainerPositionMixin, pl.LightningDataModule):
             self._progress,
             self.num_workers,
         )
-
-    def _eval_loader(self, split: str) -> DataLoader:
-        return self._unpadded_eval_loader(
-            self._splits[split], self.eval_batch_size, num_workers=self.num_workers, collate_fn=pad_collate
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        """Normalised whole validation images (or ``eval_crop`` crops), this process's unpadded shard."""
-        return self._eval_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        """Normalised whole test images (real datasets: the val split)."""
-        return self._eval_loader("test")

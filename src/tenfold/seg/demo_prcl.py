@@ -236,7 +236,8 @@ def _notes(
         f"wrong vs right (true labels held out from training), at the feature resolution: {per_seed}. Higher on the "
         f"wrong pixels overall in {higher} of {len(variance)} seeds, and within true classes (pixels of the same "
         f"class, wrongly minus rightly pseudo-labelled, weighted by wrong pixels) in {higher_within} of "
-        f"{len(variance)}. The overall comparison is confounded by class: object pixels get lower variance than background ones, and most "
-        "wrong pseudo-labels are object pixels called background; the within-class gap removes that. The paper's "
-        "effect (uncertain embeddings on wrong pseudo-labels, down-weighted in the prototypes and the loss) is reported here as measured, not assumed."
+        f"{len(variance)}. The overall comparison is confounded by class: object pixels get lower variance than "
+        "background ones, and most wrong pseudo-labels are object pixels called background; the within-class gap "
+        "removes that. The paper's effect (uncertain embeddings on wrong pseudo-labels, down-weighted in the "
+        "prototypes and the loss) is reported here as measured, not assumed."
     )
