@@ -52,16 +52,21 @@ def _demo(argv: list[str]) -> int:
     parser.add_argument("--out", help="report folder (must not exist; default runs/demo-<time>)")
     parser.add_argument("--full", action="store_true", help="train longer (10x the time budgets)")
     parser.add_argument("--list", action="store_true", help="list the registered demos and exit")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="demos run at once, in separate processes (default 2 with 2+ CPUs, else 1)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(list_demos()))
         return 0
-    run_demos(only=args.only, out=args.out, full=args.full)
+    jobs = args.jobs if args.jobs is not None else min(2, os.cpu_count() or 1)
+    if jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {jobs}")
+    run_demos(only=args.only, out=args.out, full=args.full, jobs=jobs)
     return 0
 
 
 def _bench(argv: list[str]) -> int:
-    from tenfold.bench import bench_markdown, list_benches, run_bench
+    from tenfold.bench import bench_markdown, compilable_benches, list_benches, run_bench
 
     parser = argparse.ArgumentParser(
         prog="tenfold bench",

@@ -105,3 +105,28 @@ def test_recipe_run_names_keep_the_family():
     assert recipe_run_name("/abs/repo/configs/speech/tiny.yaml") == "speech/tiny"
     assert recipe_run_name("configs/classification/tiny.yaml") != recipe_run_name("configs/lightvit/tiny.yaml")
     assert recipe_run_name("/home/me/my_recipe.yaml") == "my_recipe"
+
+
+def test_parallel_demos_keep_groups_exclusives_order_and_failures(monkeypatch, tmp_path):
+    import os
+    import re
+    import sys
+
+    monkeypatch.setattr(demo_mod, "_REGISTRY", {})
+    monkeypatch.setattr(demo_mod, "DEMO_MODULES", ())
+    sys.modules.pop("demo_workers", None)
+    import demo_workers  # noqa: F401  (registers its demos into the fresh registry)
+
+    text = run_demos(out=tmp_path / "par", jobs=2).read_text()
+    pids = {name: int(pid) for name, pid in re.findall(r"\| (first|second|solo|other) \| (\d+) \|", text)}
+    assert set(pids) == {"first", "second", "solo", "other"}
+    assert pids["solo"] == os.getpid()  # exclusive: run alone, in this process
+    assert pids["first"] == pids["second"] != os.getpid()  # a group runs in one worker, in order ...
+    assert f"| second | {pids['second']} | 42 |" in text  # ... and shares ctx.shared
+    assert pids["other"] != os.getpid()
+    assert "| crash | failed |" in text and "worker boom" in text
+    order = [text.index(f"## {t}") for t in ("First of a group", "Second of a group", "Exclusive demo",
+                                            "Parallel demo", "Failing demo")]  # fmt: skip
+    assert order == sorted(order)  # the report keeps registration order
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        run_demos(out=tmp_path / "zero", jobs=0)

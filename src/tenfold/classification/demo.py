@@ -51,7 +51,9 @@ def teacher_run(ctx: DemoContext) -> _Run:
     return _Run("bigger CNN, longer (resnet20)", "builtin", "resnet20", 400 * (10 if ctx.full else 1))
 
 
-@register_demo("classification", budget_s=100.0, title="Classification baseline (built-in scenes, digits)")
+@register_demo(
+    "classification", budget_s=100.0, title="Classification baseline (built-in scenes, digits)", group="classification"
+)
 def classification_demo(ctx: DemoContext) -> DemoResult:
     """Train a small CNN briefly and a bigger one longer on built-in scenes, and a small CNN on digits."""
     import torch

@@ -15,7 +15,12 @@ def _mean_curve(runs: list[list[dict[str, float]]]) -> tuple[list[float], list[f
     return steps, [100 * statistics.fmean(r[i]["val/acc1"] for r in runs) for i in range(len(steps))]
 
 
-@register_demo("distill", budget_s=200.0, title="Knowledge distillation: CE vs KD vs DIST vs DiffKD (built-in scenes)")
+@register_demo(
+    "distill",
+    budget_s=200.0,
+    title="Knowledge distillation: CE vs KD vs DIST vs DiffKD (built-in scenes)",
+    group="classification",
+)
 def distill_demo(ctx: DemoContext) -> DemoResult:
     """Distil a resnet20 teacher into a resnet8 student with CE only, KD (tau 4), DIST (tau 4, weight 2), DiffKD."""
     from tenfold.classification.demo import BUILTIN, TEACHER_KEY, teacher_run, train

@@ -78,18 +78,32 @@ class _Demo:
     fn: Callable[[DemoContext], DemoResult]
     budget_s: float
     title: str
+    group: str | None = None
+    exclusive: bool = False
 
 
 _REGISTRY: dict[str, _Demo] = {}
 
 
-def register_demo(name: str, budget_s: float = 90.0, title: str | None = None) -> Callable:
-    """Register ``fn`` as the demo ``name`` with a default time budget in seconds."""
+def register_demo(
+    name: str, budget_s: float = 90.0, title: str | None = None, *, group: str | None = None, exclusive: bool = False
+) -> Callable:
+    """Register ``fn`` as the demo ``name`` with a default time budget in seconds.
+
+    Args:
+        name: the demo's name (``tenfold demo --only NAME``).
+        budget_s: its time budget on 2 cores.
+        title: its report heading.
+        group: demos of one group run one after the other in one process, in registration order, and share
+            ``ctx.shared`` (the classification demo's model is the distillation demo's teacher).
+        exclusive: the demo needs the whole machine (it runs processes of its own side by side): with
+            ``jobs > 1`` it runs alone, before the parallel demos.
+    """
 
     def wrap(fn: Callable[[DemoContext], DemoResult]) -> Callable[[DemoContext], DemoResult]:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"demo {name!r} is registered twice")
-        _REGISTRY[name] = _Demo(name, fn, budget_s, title or name)
+        _REGISTRY[name] = _Demo(name, fn, budget_s, title or name, group, exclusive)
         return fn
 
     return wrap
@@ -184,8 +198,51 @@ def _quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+def _run_one(name: str, out_dir: Path, full: bool, shared: dict[str, Any]) -> dict[str, Any]:
+    """Run one registered demo; never raises (a failure becomes its report section)."""
+    demo = _REGISTRY[name]
+    budget = demo.budget_s * (10 if full else 1)
+    ctx = DemoContext(out_dir=out_dir / name, budget_s=budget, full=full, shared=shared)
+    ctx.out_dir.mkdir(parents=True)
+    start = time.perf_counter()
+    try:
+        result = demo.fn(ctx)
+        status = "ok"
+    except Exception as err:  # a failing demo must not lose the others' results
+        traceback.print_exc()
+        result = DemoResult(rows=[], notes=f"**failed**: `{err!r}`\n\n```\n{traceback.format_exc()}```")
+        status = "failed"
+    elapsed = time.perf_counter() - start
+    return {"name": name, "title": demo.title, "status": status, "seconds": elapsed, "budget": budget,
+            "result": result}  # fmt: skip
+
+
+def _run_group(names: list[str], modules: list[str], out_dir: Path, full: bool, threads: int) -> list[dict[str, Any]]:
+    """Worker process: register the demos (importing ``modules``), then run ``names`` in order on ``threads``."""
+    import torch
+
+    for module in modules:
+        importlib.import_module(module)
+    _quiet_lightning()
+    torch.set_num_threads(threads)
+    shared: dict[str, Any] = {}
+    return [_run_one(name, out_dir, full, shared) for name in names]
+
+
+def _groups(names: list[str]) -> list[list[str]]:
+    """Demos bundled by group (registration order inside a group), longest total budget first."""
+    bundles: dict[str, list[str]] = {}
+    for name in names:
+        bundles.setdefault(_REGISTRY[name].group or f"demo:{name}", []).append(name)
+    return sorted(bundles.values(), key=lambda b: -sum(_REGISTRY[n].budget_s for n in b))
+
+
 def run_demos(
-    only: list[str] | None = None, out: str | Path | None = None, full: bool = False, console: Any = None
+    only: list[str] | None = None,
+    out: str | Path | None = None,
+    full: bool = False,
+    console: Any = None,
+    jobs: int = 1,
 ) -> Path:
     """Run the registered demos and write ``report.md`` with tables and plots.
 
@@ -194,19 +251,29 @@ def run_demos(
         out: report folder (default: a new ``runs/demo-<time>``); it must not exist yet.
         full: train longer (budgets x10).
         console: a ``rich.console.Console`` for progress (default: a new one).
+        jobs: demos run at once, each in its own process on ``cpu_count // jobs`` threads (most demos train small
+            models on one thread); exclusive demos run alone first, a group's demos in one process. 1: all in this
+            process, one after the other.
 
     Returns:
-        Path of ``report.md``.
+        Path of ``report.md``; it is rewritten after every finished demo, in registration order, so an interruption
+        keeps what finished.
 
     Raises:
-        ValueError: an unknown demo name.
+        ValueError: an unknown demo name, or ``jobs < 1``.
         FileExistsError: ``out`` exists.
     """
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
     from rich.console import Console
     from rich.table import Table
 
     from tenfold.utils.checkpoint import atomic_write
 
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     console = console or Console()
     _quiet_lightning()
     names = list_demos()
@@ -217,39 +284,62 @@ def run_demos(
         names = [n for n in names if n in only]
     out_dir = Path(out) if out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=False)
-    sections, summary = [], []
-    shared: dict[str, Any] = {}
-    for name in names:
-        demo = _REGISTRY[name]
-        budget = demo.budget_s * (10 if full else 1)
-        ctx = DemoContext(out_dir=out_dir / name, budget_s=budget, full=full, shared=shared)
-        ctx.out_dir.mkdir(parents=True)
-        console.rule(f"demo {name} (budget {budget:.0f} s)")
-        start = time.perf_counter()
-        try:
-            result = demo.fn(ctx)
-            status = "ok"
-        except Exception as err:  # a failing demo must not lose the others' results
-            console.print_exception()
-            result = DemoResult(rows=[], notes=f"**failed**: `{err!r}`\n\n```\n{traceback.format_exc()}```")
-            status = "failed"
-        elapsed = time.perf_counter() - start
-        summary.append({"demo": name, "status": status, "seconds": round(elapsed, 1), "budget_s": budget})
-        table = Table(title=demo.title)
+    done: dict[str, dict[str, Any]] = {}
+
+    def record(item: dict[str, Any]) -> None:
+        done[item["name"]] = item
+        result = item["result"]
+        table = Table(title=f"{item['title']} ({item['seconds']:.0f} s, budget {item['budget']:.0f} s)")
         keys = list(result.rows[0]) if result.rows else []
         for key in keys:
             table.add_column(str(key))
         for row in result.rows:
             table.add_row(*(f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k)) for k in keys))
         console.print(table)
-        plots = "\n".join(f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in result.plots)
-        sections.append(
-            f"## {demo.title}\n\n{markdown_table(result.rows)}\n{result.notes}\n\n{plots}\n\n"
-            f"_{elapsed:.1f} s (budget {budget:.0f} s)_\n"
-        )
-        # rewrite the report after every demo so an interruption keeps what finished
+        summary, sections = [], []
+        for name in (n for n in names if n in done):
+            it = done[name]
+            res = it["result"]
+            summary.append(
+                {"demo": name, "status": it["status"], "seconds": round(it["seconds"], 1), "budget_s": it["budget"]}
+            )
+            plots = "\n".join(f"![{p.stem}]({Path(p).relative_to(out_dir).as_posix()})" for p in res.plots)
+            sections.append(
+                f"## {it['title']}\n\n{markdown_table(res.rows)}\n{res.notes}\n\n{plots}\n\n"
+                f"_{it['seconds']:.1f} s (budget {it['budget']:.0f} s)_\n"
+            )
         report = "# tenfold demo report\n\n" + markdown_table(summary) + "\n" + "\n".join(sections)
         with atomic_write(out_dir / "report.md") as tmp:
             tmp.write_text(report)
+
+    if jobs == 1:
+        shared: dict[str, Any] = {}
+        for name in names:
+            console.rule(f"demo {name} (budget {_REGISTRY[name].budget_s * (10 if full else 1):.0f} s)")
+            record(_run_one(name, out_dir, full, shared))
+    else:
+        alone = [n for n in names if _REGISTRY[n].exclusive]
+        parallel = [n for n in names if not _REGISTRY[n].exclusive]
+        for name in alone:
+            console.rule(f"demo {name} (alone, budget {_REGISTRY[name].budget_s * (10 if full else 1):.0f} s)")
+            record(_run_one(name, out_dir, full, {}))
+        groups = _groups(parallel)
+        modules = sorted({_REGISTRY[n].fn.__module__ for n in parallel} | set(DEMO_MODULES))
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        console.rule(f"{len(parallel)} demos, {jobs} at a time, {threads} thread(s) each")
+        with ProcessPoolExecutor(max_workers=min(jobs, len(groups) or 1), mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_run_group, group, modules, out_dir, full, threads): group for group in groups}
+            for future in as_completed(futures):
+                try:
+                    items = future.result()
+                except Exception as err:  # the worker died (killed, out of memory): report its demos as failed
+                    items = [
+                        {"name": n, "title": _REGISTRY[n].title, "status": "failed", "seconds": 0.0,
+                         "budget": _REGISTRY[n].budget_s * (10 if full else 1),
+                         "result": DemoResult(rows=[], notes=f"**failed**: worker process ended: `{err!r}`")}
+                        for n in futures[future] if n not in done
+                    ]  # fmt: skip
+                for item in items:
+                    record(item)
     console.print(f"report: {out_dir / 'report.md'}")
     return out_dir / "report.md"

@@ -192,7 +192,9 @@ def _plot(waves: dict[str, torch.Tensor], path: Path) -> None:
     plt.close(fig)
 
 
-@register_demo("taylorsenet", budget_s=150.0, title="TaylorSENet speech enhancement vs a magnitude-only filter")
+@register_demo(
+    "taylorsenet", budget_s=150.0, title="TaylorSENet speech enhancement vs a magnitude-only filter", exclusive=True
+)
 def taylorsenet_demo(ctx: DemoContext) -> DemoResult:
     """Train Q=0 and Q=3 small TaylorSENets for equal steps; score noisy / Q=0 / Q=3 on held-out built-in speech."""
     # one torch thread per model: these small convolutions run faster so, above all on a shared 2-core machine
