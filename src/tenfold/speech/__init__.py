@@ -5,6 +5,7 @@
 
 from tenfold.speech.loss import ComMagEuclideanLoss
 from tenfold.speech.stft import STFTConfig, istft_decompress, stft_compress, variance_norm_scale
+from tenfold.speech.stream import TaylorSEStream
 from tenfold.speech.taylorsenet import (
     PAPER_CONFIG,
     SMALL_CONFIG,
@@ -21,6 +22,7 @@ __all__ = [
     "STFTConfig",
     "TaylorOutput",
     "TaylorSENet",
+    "TaylorSEStream",
     "istft_decompress",
     "load_taylorsenet",
     "load_taylorsenet_checkpoint",

@@ -8,7 +8,11 @@ Multiply-adds are counted on one second of 16-kHz input (101 frames x 161 bins):
   is counted per *output* position (``output elements x C_in x kernel``), plus one operation per element of the
   PReLU, instance-norm and sigmoid outputs.
 
-The real-time factor is end-to-end (compressed STFT, network, inverse STFT) processing time / audio duration.
+The real-time factor is end-to-end (compressed STFT, network, inverse STFT) processing time / audio duration. The
+backend table times the paper model's pipeline on one thread in alternating rounds: eager, eager with PyTorch's
+transposed-convolution kernel (the implementation before :class:`~tenfold.speech.taylorsenet.CausalConvTranspose2d`),
+``torch.compile`` and ONNX Runtime (:mod:`tenfold.speech.backends`). The streaming table gives the compute time of
+one :meth:`~tenfold.speech.stream.TaylorSEStream.step` (one 10-ms hop) of causal (cLN) models and their latency.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch.nn as nn
 
 from tenfold.bench import register_bench
 
-__all__ = ["paper_style_macs", "real_time_factor", "usable_cpus"]
+__all__ = ["backend_rtf", "paper_style_macs", "real_time_factor", "stream_frame_times", "usable_cpus"]
 
 
 def paper_style_macs(model: nn.Module, spec: torch.Tensor) -> dict[str, int]:
@@ -40,7 +44,9 @@ def paper_style_macs(model: nn.Module, spec: torch.Tensor) -> dict[str, int]:
             counts["conv"] += output.numel() * per_out
         elif isinstance(module, nn.ConvTranspose2d):
             per_out = module.in_channels // module.groups * math.prod(module.kernel_size)
-            counts["conv_transpose"] += output.numel() * per_out
+            # the official layer outputs k_t - 1 more frames, which its chomp drops; ptflops counted them
+            frames = output.shape[2]
+            counts["conv_transpose"] += output.numel() // frames * (frames + module.kernel_size[0] - 1) * per_out
         elif isinstance(module, nn.PReLU | nn.Sigmoid | nn.modules.instancenorm._InstanceNorm | nn.BatchNorm2d):
             counts["elementwise"] += output.numel()
 
@@ -86,9 +92,139 @@ def real_time_factor(model: nn.Module, seconds: float, threads: int, runs: int =
         torch.set_num_threads(old)
 
 
-@register_bench("taylorsenet", "TaylorSENet: params, GMAC per s of audio (true, paper-style), CPU real-time factor")
-def bench_taylorsenet(quick: bool) -> list[dict[str, Any]]:
-    """Paper and small configurations, measured in one run (RTF on 1 thread and on all usable threads)."""
+def _pipeline(net: Any, wave: torch.Tensor) -> Any:
+    """One end-to-end pass (compressed STFT, network, inverse STFT) of ``wave`` (1, L) through ``net``."""
+    from tenfold.speech.stft import istft_decompress, stft_compress
+
+    def run() -> None:
+        with torch.no_grad():
+            istft_decompress(net(stft_compress(wave)), wave.shape[1])
+
+    return run
+
+
+class _PyTorchTransposedConv:
+    """Context: the transposed convolutions run PyTorch's own kernel plus the official chomp.
+
+    The baseline of :class:`~tenfold.speech.taylorsenet.CausalConvTranspose2d`'s rewrite.
+    """
+
+    def __enter__(self) -> None:
+        from tenfold.speech.taylorsenet import CausalConvTranspose2d
+
+        def forward(conv: CausalConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+            y = nn.functional.conv_transpose2d(x, conv.weight, conv.bias, stride=(1, 2))
+            return y[:, :, : y.shape[2] - (conv.kernel_size[0] - 1)]
+
+        self._saved = CausalConvTranspose2d.forward
+        CausalConvTranspose2d.forward = forward  # type: ignore[method-assign]
+
+    def __exit__(self, *exc: object) -> None:
+        from tenfold.speech.taylorsenet import CausalConvTranspose2d
+
+        CausalConvTranspose2d.forward = self._saved  # type: ignore[method-assign]
+
+
+def backend_rtf(
+    seconds: float = 10.0, rounds: int = 5, backends: tuple[str, ...] = ("compile", "onnx")
+) -> list[dict[str, Any]]:
+    """Real-time factor of the paper model's whole pipeline on 1 thread, per backend.
+
+    Eager, eager with PyTorch's transposed convolution kernel (before the rewrite), and ``backends``, timed in
+    alternating rounds (median of ``rounds``). Each row also gives the ratio to eager and the output's largest
+    deviation from eager, relative to its scale.
+    """
+    from contextlib import nullcontext
+
+    from tenfold.speech.backends import inference_network
+    from tenfold.speech.stft import stft_compress
+    from tenfold.speech.taylorsenet import TaylorSENet
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = TaylorSENet().eval()
+        wave = torch.randn(1, round(seconds * 16000), generator=torch.Generator().manual_seed(0)) * 0.1
+        spec = stft_compress(wave)
+        nets: dict[str, tuple[Any, Any]] = {"eager": (model, nullcontext), "eager, PyTorch ConvTranspose2d kernel":
+                                            (model, _PyTorchTransposedConv)}  # fmt: skip
+        setup = {}
+        for name in backends:
+            start = time.perf_counter()
+            nets[name] = (inference_network(model, name, spec if name == "compile" else None), nullcontext)
+            setup[name] = time.perf_counter() - start
+        with torch.no_grad():
+            reference = model(spec)
+            deviation = {}
+            for name, (net, ctx) in nets.items():
+                with ctx():
+                    deviation[name] = float((net(spec) - reference).abs().max() / reference.abs().max())
+        times: dict[str, list[float]] = {name: [] for name in nets}
+        for _ in range(rounds):
+            for name, (net, ctx) in nets.items():
+                with ctx():
+                    run = _pipeline(net, wave)
+                    start = time.perf_counter()
+                    run()
+                    times[name].append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(old)
+    rtf = {name: sorted(t)[len(t) // 2] / seconds for name, t in times.items()}
+    return [
+        {
+            "backend": name,
+            "RTF 1 thread": rtf[name],
+            "speed vs eager": rtf["eager"] / rtf[name],
+            "max deviation from eager": deviation[name],
+            "setup s (export/compile)": setup.get(name, 0.0),
+        }
+        for name in nets
+    ]
+
+
+def stream_frame_times(frames: int = 200) -> list[dict[str, Any]]:
+    """Per-frame compute time of :class:`~tenfold.speech.stream.TaylorSEStream` on 1 thread (causal, cLN models)."""
+    from tenfold.speech.stream import frame_time_ms
+    from tenfold.speech.taylorsenet import PAPER_CONFIG, SMALL_CONFIG, TaylorSENet
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for name, cfg in (("paper, cLN (Q=3)", PAPER_CONFIG), ("small, cLN (Q=3)", SMALL_CONFIG)):
+            torch.manual_seed(0)
+            stream = TaylorSENet(**{**cfg, "norm_type": "cLN"}).eval().stream()
+            for block in (1, 8):
+                timing = frame_time_ms(stream, frames, block)
+                for _ in range(2):
+                    stream.step(torch.zeros(stream.hop_length))
+                rows.append(
+                    {
+                        "model": name,
+                        "hops per call": block,
+                        "ms per 10-ms frame (median)": timing["median_ms"],
+                        "ms per frame (p90)": timing["p90_ms"],
+                        "real-time factor": timing["median_ms"] / 10.0,
+                        "algorithmic latency ms": stream.algorithmic_latency_ms + 10.0 * (block - 1),
+                        "cached elements": stream.cache_numel(),
+                    }
+                )
+    finally:
+        torch.set_num_threads(old)
+    return rows
+
+
+@register_bench(
+    "taylorsenet",
+    "TaylorSENet: params, GMAC per s of audio (true, paper-style), CPU real-time factor; offline backends (eager, "
+    "compile, ONNX Runtime) on 1 thread; streaming per-frame time and latency",
+)
+def bench_taylorsenet(quick: bool) -> dict[str, list[dict[str, Any]]]:
+    """Paper and small configurations, the paper model's backends, and the stream.
+
+    RTF on 1 thread and on all usable threads; backends: quick runs eager only, on 4 s of audio.
+    """
     from tenfold.speech.taylorsenet import PAPER_CONFIG, SMALL_CONFIG, TaylorSENet
     from tenfold.utils.flops import count_flops, count_parameters
 
@@ -112,4 +248,10 @@ def bench_taylorsenet(quick: bool) -> list[dict[str, Any]]:
                 f"RTF {all_threads} threads": real_time_factor(model, seconds, all_threads, runs=2 if quick else 5),
             }
         )
-    return rows
+    return {
+        "models (eager)": rows,
+        f"paper configuration, {seconds:g} s of audio, whole pipeline, 1 thread": backend_rtf(
+            seconds, rounds=3 if quick else 5, backends=() if quick else ("compile", "onnx")
+        ),
+        "streaming (one 10-ms hop per call, 1 thread)": stream_frame_times(50 if quick else 200),
+    }

@@ -40,7 +40,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-seconds", type=float, default=10.0, help="chunk length in seconds (memory bound)")
     p.add_argument("--overlap-seconds", type=float, default=1.0, help="cross-faded overlap between chunks")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--backend", choices=("eager", "compile", "onnx"), default="eager",
+                   help="offline network backend: eager PyTorch, torch.compile (inductor; compiles at the first "
+                        "chunk, cached by torch) or ONNX Runtime (torch.onnx export; needs onnxruntime)")  # fmt: skip
+    p.add_argument("--compile", action="store_true", help="shorthand for --backend compile")
+    p.add_argument("--stream", action="store_true",
+                   help="frame-by-frame streaming inference, one 10-ms hop per step with cached states (a "
+                        "causal model: norm_type cLN or BN, is_causal); prints the per-frame time and the "
+                        "latency")  # fmt: skip
+    p.add_argument("--stream-scale", type=float, default=None,
+                   help="with --stream: a fixed variance-normalisation scale, as a live stream needs (default: each "
+                        "file's own sqrt(L / sum x^2), as offline)")  # fmt: skip
     return p
+
+
+def _check_modes(args: argparse.Namespace) -> str:
+    """The backend the flags ask for; raises ValueError on a contradiction (named)."""
+    backend = args.backend
+    if args.compile:
+        if backend not in ("eager", "compile"):
+            raise ValueError(f"--compile contradicts --backend {backend}")
+        backend = "compile"
+    if args.stream and backend != "eager":
+        raise ValueError(f"--stream runs the model eagerly, frame by frame; it cannot use --backend {backend}")
+    if args.stream_scale is not None and not args.stream:
+        raise ValueError("--stream-scale applies to --stream only")
+    if args.stream_scale is not None and not args.stream_scale > 0:
+        raise ValueError(f"--stream-scale must be > 0, got {args.stream_scale}")
+    return backend
 
 
 def run_checkpoint(folder: str | Path) -> tuple[Path, str]:
@@ -93,6 +120,7 @@ def enhance_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     import torch
 
+    from tenfold.speech.backends import inference_network
     from tenfold.speech.enhance import enhance_file, load_enhancement_model
 
     if args.threads is not None:
@@ -101,6 +129,7 @@ def enhance_main(argv: list[str]) -> int:
             return 2
         torch.set_num_threads(args.threads)
     try:
+        backend = _check_modes(args)
         noisy, out = Path(args.noisy), Path(args.out)
         if noisy.is_dir():
             jobs = [(p, out / p.name) for p in sorted(noisy.iterdir()) if p.suffix.lower() in _AUDIO]
@@ -124,16 +153,28 @@ def enhance_main(argv: list[str]) -> int:
         print(f"architecture: {about}")
         power, why = _power(args.power, hparams.get("power"))
         print(f"compression power {power:g} ({why})")
+        if args.stream:
+            latency = model.stream(power=power).algorithmic_latency_ms  # fails here, naming them, if non-causal
+            scale = "each file's own" if args.stream_scale is None else f"{args.stream_scale:g}"
+            print(f"streaming: one 10-ms hop per step, algorithmic latency {latency:g} ms (window, no look-ahead), "
+                  f"variance scale {scale}")  # fmt: skip
+            net = model
+        else:
+            net = inference_network(model, backend)
+            print(f"backend: {backend}")
         total_audio = total_time = 0.0
         start = time.perf_counter()
         for src, dst in jobs:
             stats = enhance_file(
-                model, src, dst, chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds, power=power
-            )
+                net, src, dst, chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds, power=power,
+                stream=args.stream, stream_scale=args.stream_scale,
+            )  # fmt: skip
             total_audio += stats.audio_s
             total_time += stats.process_s
-            print(f"{src} -> {dst}: {stats.audio_s:.1f} s of audio in {stats.process_s:.2f} s (RTF {stats.rtf:.3f})")
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
+            frame = "" if stats.frame_ms is None else f", {stats.frame_ms:.2f} ms per 10-ms frame"
+            print(f"{src} -> {dst}: {stats.audio_s:.1f} s of audio in {stats.process_s:.2f} s (RTF {stats.rtf:.3f}"
+                  f"{frame})")  # fmt: skip
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as err:
         print(f"tenfold enhance: error: {err}", file=sys.stderr)
         return 2
     threads = torch.get_num_threads()

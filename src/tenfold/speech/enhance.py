@@ -30,6 +30,7 @@ from torch import Tensor
 
 from tenfold.speech.data import resample
 from tenfold.speech.stft import STFTConfig, apply_scale, istft_decompress, stft_compress, variance_norm_scale
+from tenfold.speech.stream import TaylorSEStream
 from tenfold.speech.taylorsenet import PAPER_CONFIG, SMALL_CONFIG, TaylorSENet, checkpoint_filter_fn
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "enhance_file",
     "enhance_waveform",
     "load_enhancement_model",
+    "stream_waveform",
 ]
 
 #: Architectures of official state dicts, which carry none: the names ``tenfold enhance --config`` accepts.
@@ -80,7 +82,7 @@ def chunk_plan(length: int, chunk: int, overlap: int, min_last: int = 1) -> list
 
 
 @torch.no_grad()
-def _enhance_normalised(model: TaylorSENet, wave: Tensor, cfg: STFTConfig) -> Tensor:
+def _enhance_normalised(model: torch.nn.Module, wave: Tensor, cfg: STFTConfig) -> Tensor:
     """Network on normalised (C, L) waveforms, the channels as one batch; returns (C, L)."""
     spec = stft_compress(wave, cfg)
     return istft_decompress(model(spec), wave.shape[-1], cfg)
@@ -88,7 +90,7 @@ def _enhance_normalised(model: TaylorSENet, wave: Tensor, cfg: STFTConfig) -> Te
 
 @torch.no_grad()
 def enhance_waveform(
-    model: TaylorSENet,
+    model: torch.nn.Module,
     wave: Tensor,
     *,
     chunk_seconds: float = 10.0,
@@ -105,7 +107,8 @@ def enhance_waveform(
     the variance normalisation, enhanced, and trimmed back, so any non-empty input works.
 
     Args:
-        model: the network (its own device; the waveform is moved there).
+        model: the network (its own device; the waveform is moved there): a TaylorSENet or its runner from
+            :func:`tenfold.speech.backends.inference_network`.
         wave: (L,) or (C, L) waveform at 16 kHz.
         chunk_seconds: chunk length (the memory bound); a shorter recording is enhanced whole.
         overlap_seconds: overlap of consecutive chunks, cross-faded with sin^2/cos^2 ramps (they sum to 1).
@@ -147,12 +150,53 @@ def enhance_waveform(
     return out[0] if mono else out
 
 
+@torch.no_grad()
+def stream_waveform(
+    model: TaylorSENet, wave: Tensor, *, power: float = 0.5, scale: float | None = None
+) -> tuple[Tensor, TaylorSEStream]:
+    """Enhance a 16-kHz waveform (L,) or (C, L) frame by frame, one 10-ms hop per call, as a real-time stream.
+
+    The output equals the offline pipeline on the whole recording (no chunks) with the same variance scale, to
+    float rounding; see :class:`tenfold.speech.stream.TaylorSEStream`. A recording shorter than 161 samples is
+    zero-padded to that length and trimmed back, as in :func:`enhance_waveform`.
+
+    Args:
+        model: a causal TaylorSENet (``norm_type='cLN'`` or ``'BN'``, ``is_causal=True``).
+        wave: (L,) or (C, L) waveform at 16 kHz; the channels stream together as a batch.
+        power: compression exponent the model was trained with.
+        scale: fixed variance normalisation scale; None: each channel's ``sqrt(L / sum x^2)`` of the whole
+            recording, as offline (the one step that looks at the whole file: a live stream fixes it).
+
+    Returns:
+        The enhanced waveform (same shape, on the CPU) and the stream (its ``stats`` hold the per-frame time).
+
+    Raises:
+        ValueError: ``wave`` is not 1-D or 2-D or is empty, or the model cannot stream (its non-causal layers named).
+    """
+    if wave.dim() not in (1, 2) or wave.numel() == 0:
+        raise ValueError(f"wave must be a non-empty (L,) or (C, L) waveform, got shape {tuple(wave.shape)}")
+    device = next(model.parameters()).device
+    waves = wave.reshape(-1, wave.shape[-1]).to(device)
+    length = waves.shape[1]
+    c = variance_norm_scale(waves) if scale is None else torch.full((waves.shape[0],), float(scale))
+    stream = TaylorSEStream(model, scale=c, power=power)
+    shortest = stream.cfg.n_fft // 2 + 1
+    if length < shortest:
+        waves = torch.nn.functional.pad(waves, (0, shortest - length))
+    out = stream.enhance(waves)[:, :length].cpu()
+    return (out[0] if wave.dim() == 1 else out), stream
+
+
 @dataclass
 class EnhanceStats:
-    """What :func:`enhance_file` measured: audio seconds, processing seconds and their ratio (real-time factor)."""
+    """What :func:`enhance_file` measured: audio seconds, processing seconds and their ratio (real-time factor).
+
+    ``frame_ms`` is the mean compute time per 10-ms frame of a streamed file (None offline).
+    """
 
     audio_s: float
     process_s: float
+    frame_ms: float | None = None
 
     @property
     def rtf(self) -> float:
@@ -161,19 +205,22 @@ class EnhanceStats:
 
 
 def enhance_file(
-    model: TaylorSENet,
+    model: torch.nn.Module,
     noisy_path: str | Path,
     out_path: str | Path,
     *,
     chunk_seconds: float = 10.0,
     overlap_seconds: float = 1.0,
     power: float = 0.5,
+    stream: bool = False,
+    stream_scale: float | None = None,
 ) -> EnhanceStats:
     """Enhance an audio file at any sample rate into ``out_path``: same rate, channels, length, format and subtype.
 
     Every channel is enhanced independently (together, as one batch; see :func:`enhance_waveform`). The output is
     written atomically and never replaces an existing file. ``power`` is the compression exponent the model was
-    trained with.
+    trained with. ``stream`` enhances frame by frame with :func:`stream_waveform` (a causal model; the chunking
+    arguments are then unused) with the fixed variance scale ``stream_scale`` (None: the file's own).
 
     Raises:
         FileNotFoundError: the input does not exist.
@@ -199,7 +246,14 @@ def enhance_file(
     waves = torch.from_numpy(data.T.copy())  # (C, L)
     if sr != SAMPLE_RATE:
         waves = resample(waves, sr, SAMPLE_RATE)
-    enhanced = enhance_waveform(model, waves, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds, power=power)
+    frame_ms = None
+    if stream:
+        enhanced, streamer = stream_waveform(model, waves, power=power, scale=stream_scale)
+        frame_ms = streamer.stats.mean_ms
+    else:
+        enhanced = enhance_waveform(
+            model, waves, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds, power=power
+        )
     if sr != SAMPLE_RATE:
         enhanced = resample(enhanced, SAMPLE_RATE, sr)[:, :frames]
         if enhanced.shape[1] < frames:  # rounding of the two resamplings: pad the last sample or two
@@ -209,7 +263,7 @@ def enhance_file(
         out = out.clip(-1.0, 1.0 - 2.0**-15)
     with atomic_write(out_path) as tmp:
         sf.write(str(tmp), out, sr, subtype=subtype, format=fmt)
-    return EnhanceStats(audio_s=frames / sr, process_s=time.perf_counter() - start)
+    return EnhanceStats(audio_s=frames / sr, process_s=time.perf_counter() - start, frame_ms=frame_ms)
 
 
 def _build(**kwargs: Any) -> TaylorSENet:

@@ -32,6 +32,8 @@ import torch.nn as nn
 from torch import Tensor
 
 __all__ = [
+    "CausalConvTranspose2d",
+    "CumulativeLayerNorm",
     "HighOrderBlock",
     "PAPER_CONFIG",
     "SMALL_CONFIG",
@@ -69,13 +71,14 @@ def make_norm(norm_type: str, fmt: str, channels: int, official_in_eps_bug: bool
     """The official ``NormSwitch``.
 
     Args:
-        norm_type: ``IN`` (instance norm, the paper's) or ``BN`` (batch norm with affine parameters).
+        norm_type: ``IN`` (instance norm over the utterance, the paper's), ``BN`` (batch norm with affine
+            parameters) or ``cLN`` (the official cumulative layer norm, causal: see :class:`CumulativeLayerNorm`).
         fmt: ``1D`` (over time of (B, C, T)) or ``2D`` (over time and frequency of (B, C, T, F)).
         channels: C.
         official_in_eps_bug: Fidelity flag. The official ``NormSwitch`` passes ``affine=True`` as the second
             positional argument of ``nn.InstanceNorm*d``, which is ``eps``: every official IN layer has **eps = 1**
             and no affine parameters (no state-dict keys). True (default) reproduces that, as official weights and
-            numbers require; False gives the intended IN (eps 1e-5, affine weight and bias).
+            numbers require; False gives the intended IN (eps 1e-5, affine weight and bias). Other norms ignore it.
 
     Raises:
         ValueError: an unsupported ``norm_type`` or ``fmt``.
@@ -89,18 +92,89 @@ def make_norm(norm_type: str, fmt: str, channels: int, official_in_eps_bug: bool
         return cls(channels, eps=1e-5, affine=True)
     if norm_type == "BN":
         return nn.BatchNorm1d(channels) if fmt == "1D" else nn.BatchNorm2d(channels)
-    raise ValueError(f"norm_type must be 'IN' or 'BN' (the official cLN variants are not ported), got {norm_type!r}")
+    if norm_type == "cLN":
+        return CumulativeLayerNorm(channels, 1 if fmt == "1D" else 2)
+    raise ValueError(
+        f"norm_type must be 'IN', 'BN' or 'cLN' (the official cIN/iLN variants are not ported), got {norm_type!r}"
+    )
 
 
-class _ChompT(nn.Module):
-    """Drop the last ``t`` frames (axis 2) that a transposed convolution over time adds: keeps it causal."""
+class CumulativeLayerNorm(nn.Module):
+    """The official cumulative layer norm (``CumulativeLayerNorm1d/2d`` of ``utils/utils.py``), a causal norm.
 
-    def __init__(self, t: int) -> None:
+    Frame t is normalised with the mean and variance of every entry of frames ``0..t`` over channels (and
+    frequency for ``dims=2``): with running sums ``S_t`` and ``P_t`` of the entries and of their squares and
+    ``N_t`` entries, ``mean = S_t / N_t``, ``var = (P_t - 2 mean S_t) / N_t + mean^2`` (the official expression),
+    ``y = (x - mean) / sqrt(var + eps) * gain + bias`` with per-channel ``gain`` and ``bias``.
+
+    Fidelity: the official layer sits inside ``NormSwitch`` (state-dict keys ``<layer>.norm.gain``); ours is the
+    layer itself (``<layer>.gain``), the same way the batch norms of this port drop the ``norm.`` level. No
+    official checkpoint with cLN exists.
+
+    Args:
+        channels: C.
+        dims: 1 for (B, C, T) inputs, 2 for (B, C, T, F).
+        eps: added to the variance (official 1e-5).
+    """
+
+    def __init__(self, channels: int, dims: int, eps: float = 1e-5) -> None:
         super().__init__()
-        self.t = t
+        if dims not in (1, 2):
+            raise ValueError(f"dims must be 1 or 2, got {dims}")
+        shape = (1, channels, 1, 1) if dims == 2 else (1, channels, 1)
+        self.dims = dims
+        self.eps = eps
+        self.gain = nn.Parameter(torch.ones(shape))
+        self.bias = nn.Parameter(torch.zeros(shape))
+
+    def frame_sums(self, x: Tensor) -> tuple[Tensor, Tensor, int]:
+        """Per-frame sums of the entries and of their squares, (B, 1, T[, 1]) each, and the entries per frame."""
+        reduce = [1, 3] if self.dims == 2 else [1]
+        return x.sum(reduce, keepdim=True), x.pow(2).sum(reduce, keepdim=True), math.prod(x.shape[1:]) // x.shape[2]
+
+    def normalise(self, x: Tensor, cum_sum: Tensor, cum_pow: Tensor, count: Tensor) -> Tensor:
+        """``x`` (B, C, T[, F]) normalised with running sums (B, 1, T[, 1]) over ``count`` entries (T values)."""
+        count = count.view(1, 1, -1, 1) if self.dims == 2 else count.view(1, 1, -1)
+        mean = cum_sum / count
+        var = (cum_pow - 2 * mean * cum_sum) / count + mean.pow(2)
+        return (x - mean) / (var + self.eps).sqrt() * self.gain + self.bias
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        return x[:, :, : -self.t]
+        step_sum, step_pow, per_frame = self.frame_sums(x)
+        t = x.shape[2]
+        count = torch.arange(1, t + 1, device=x.device, dtype=x.dtype) * per_frame
+        return self.normalise(x, step_sum.cumsum(2), step_pow.cumsum(2), count)
+
+
+class CausalConvTranspose2d(nn.ConvTranspose2d):
+    """A causal transposed convolution over frequency (stride (1, 2)), computed as one convolution and additions.
+
+    It equals ``ConvTranspose2d(cin, cout, (k_t, k_f), stride (1, 2))`` followed by the official chomp of the
+    last ``k_t - 1`` frames.
+
+    Output ``y[o, t, 2f + j] = b[o] + sum_{c, i} x[c, t - i, f] W[c, o, i, j]`` (frequency stride 2, frames before 0
+    are zero): the taps ``j`` are stacked as ``k_f * cout`` output channels of a causal Conv2d with a 1-wide
+    frequency kernel, whose maps are added into the even/odd frequency positions. The same multiply-adds as the
+    transposed convolution (one per input position, tap and output channel), about twice as fast on CPU as
+    PyTorch's transposed-convolution kernel; equal to it up to float rounding (summation order). The weight keeps
+    ``nn.ConvTranspose2d``'s layout and name, so official state dicts load unchanged.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int]) -> None:
+        super().__init__(cin, cout, kernel, (1, 2))
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        cin, cout, kt, kf = self.weight.shape
+        b, _, t, f = x.shape
+        # (cin, cout, kt, kf) -> (kf * cout, cin, kt, 1), time flipped: a correlation over the past-padded input
+        kernel = self.weight.permute(3, 1, 0, 2).flip(3).reshape(kf * cout, cin, kt, 1)
+        if kt > 1:
+            x = nn.functional.pad(x, (0, 0, kt - 1, 0))
+        taps = nn.functional.conv2d(x, kernel).view(b, kf, cout, t, f)
+        out = self.bias.view(1, cout, 1, 1).expand(b, cout, t, 2 * (f - 1) + kf).clone()
+        for j in range(kf):
+            out[..., j : j + 2 * f - 1 : 2] += taps[:, j]
+        return out
 
 
 class GateConv2d(nn.Module):
@@ -121,12 +195,14 @@ class GateConv2d(nn.Module):
 
 
 class GateConvTranspose2d(nn.Module):
-    """Gated transposed convolution; for k_t > 1 the last ``k_t - 1`` frames are chomped (key ``conv.0.*``)."""
+    """Gated transposed convolution, causal over time (key ``conv.0.*`` for k_t > 1, ``conv.*`` otherwise)."""
 
-    def __init__(self, cin: int, cout: int, kernel: tuple[int, int], stride: tuple[int, int] = (1, 2)) -> None:
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int]) -> None:
         super().__init__()
-        conv = nn.ConvTranspose2d(cin, 2 * cout, kernel, stride)
-        self.conv = nn.Sequential(conv, _ChompT(kernel[0] - 1)) if kernel[0] > 1 else conv
+        conv = CausalConvTranspose2d(cin, 2 * cout, kernel)
+        # official: Sequential(ConvTranspose2d, Chomp) for k_t > 1; the chomp is built into the convolution here,
+        # an Identity keeps the official key numbering
+        self.conv = nn.Sequential(conv, nn.Identity()) if kernel[0] > 1 else conv
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         a, g = self.conv(x).chunk(2, dim=1)
@@ -147,14 +223,14 @@ class Conv2dUnit(nn.Module):
 
 
 class Deconv2dUnit(nn.Module):
-    """ConvTranspose2d(c or 2c -> c, k2, stride (1, 2)) -> chomp -> norm -> PReLU: F -> 2F + 1."""
+    """ConvTranspose2d(c or 2c -> c, k2, stride (1, 2)) -> causal chomp -> norm -> PReLU: F -> 2F + 1."""
 
     def __init__(self, k: tuple[int, int], c: int, connect: str, norm: Any) -> None:
         super().__init__()
         cin = c if connect == "add" else 2 * c
-        layers: list[nn.Module] = [nn.ConvTranspose2d(cin, c, k, (1, 2))]
+        layers: list[nn.Module] = [CausalConvTranspose2d(cin, c, k)]
         if k[0] > 1:
-            layers.append(_ChompT(k[0] - 1))
+            layers.append(nn.Identity())  # the official chomp, built into the convolution (keeps the key numbering)
         layers += [norm("2D", c), nn.PReLU(c)]
         self.deconv = nn.Sequential(*layers)
 
@@ -510,7 +586,8 @@ class TaylorSENet(nn.Module):
         inter_connect: skips between the U^2 encoder and decoder, ``cat`` (paper, DNS config) or ``add``.
             Fidelity: the official class default is ``add`` but its config and ``__main__`` use ``cat``; ours
             defaults to the paper's ``cat`` so that ``TaylorSENet()`` is the paper model.
-        norm_type: ``IN`` (paper) or ``BN``.
+        norm_type: ``IN`` (paper), ``BN`` or ``cLN`` (the official cumulative layer norm: with it and
+            ``is_causal`` the whole network is causal and can stream, see :meth:`stream`).
         is_causal: causal S-TCN padding. The 2-D convolutions are always causal; instance norm over the whole
             utterance is not (see the docs).
         is_u2: U^2-Net encoder/decoder (paper) or the plain U-Net ablation.
@@ -615,6 +692,21 @@ class TaylorSENet(nn.Module):
     def forward(self, spec: Tensor) -> Tensor:
         """Compressed clean estimate (B, 2, T, F) of the compressed noisy spectrum (B, 2, T, F)."""
         return self.forward_terms(spec).out
+
+    def stream(self, *, scale: float = 1.0, power: float = 0.5) -> Any:
+        """A frame-by-frame enhancer over this (causal) model: see :class:`tenfold.speech.stream.TaylorSEStream`.
+
+        Args:
+            scale: fixed variance normalisation scale (the offline ``c``).
+            power: compression exponent the model was trained with.
+
+        Raises:
+            ValueError: the model has non-causal parts (instance norm over the utterance, ``is_causal=False``),
+                named in the message.
+        """
+        from tenfold.speech.stream import TaylorSEStream
+
+        return TaylorSEStream(self, scale=scale, power=power)
 
 
 # --------------------------------------------------------------------------------------------------------------
