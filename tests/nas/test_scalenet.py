@@ -156,7 +156,7 @@ def test_export_equals_supernet_leading_path():
     sup = ScaleNetSuperNet(space).eval()
     enc = [0, 1, 2, 0, 0, 2, 1, 2, 0, 1, 2, 1, 0, 0, 0, 0, 1.5, 20]
     model = scalenet_from_encoding(enc, space).eval()
-    assert model.features[0][0].out_channels == 12  # ceil(8 * 1.5)
+    assert model.stem[0].out_channels == 12  # ceil(8 * 1.5)
     sup_mods = [
         m
         for i, blk in zip(enc[:-2], sup.net, strict=True)
@@ -188,14 +188,14 @@ def test_family_score_rules():
         family_score(space, base, {1: None, 2: (1, 1, 1)}, lambda e: 0.0)
 
 
-def test_builder_refuses_pretrained_and_unknown_space():
+def test_builder_uses_space_layout_and_rejects_bad_input():
     enc = [0, 1, 2, 0, 0, 2, 1, 2, 0, 1, 2, 1, 0, 0, 0, 0, 1.5, 20]
-    timm_kwargs = {"pretrained": False, "pretrained_cfg": None, "pretrained_cfg_overlay": None, "cache_dir": None}
-    model = scalenet_from_encoding(enc, "tiny", num_classes=5, **timm_kwargs)
+    model = scalenet_from_encoding(enc, "tiny", num_classes=5, drop_rate=0.1)
     assert model(torch.randn(2, 3, 20, 20)).shape == (2, 5) and model.resolution == 20
-    with pytest.raises(TypeError, match="drop_rate"):
-        scalenet_from_encoding(enc, "tiny", drop_rate=0.2)
-    with pytest.raises(ValueError, match="no released weights"):
-        scalenet_from_encoding([0] * 16 + [1.0, 16], "tiny", pretrained=True)
+    assert model.drop_rate == 0.1
+    with pytest.raises(TypeError, match="drop_ratee"):
+        scalenet_from_encoding(enc, "tiny", drop_ratee=0.2)
     with pytest.raises(ValueError, match="unknown ScaleNet space"):
         scalenet_from_encoding([0] * 16 + [1.0, 16], "huge")
+    with pytest.raises(ValueError, match="op indices"):
+        scalenet_from_encoding(enc[:-3] + enc[-2:], "tiny")

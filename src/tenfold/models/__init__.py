@@ -13,6 +13,7 @@ from tenfold.models import (
     lightvit,  # noqa: F401  (registers LightViT-T/S/B)
     nas_macro,  # noqa: F401  (registers the NAS-Bench-Macro network searched by GINAS)
     resnet_cifar,  # noqa: F401  (registers the CIFAR ResNets / WRNs)
+    scalenet,  # noqa: F401  (registers the networks found by ScaleNet's search)
 )
 
 __all__ = ["list_models"]

@@ -1,4 +1,4 @@
-"""Architecture search: GINAS (a chat LLM as the optimiser, arXiv:2304.10970) and baselines in the same harness.
+"""Architecture search: GINAS (a chat LLM as the optimiser, arXiv:2304.10970) with baselines, and ScaleNet.
 
 * :mod:`tenfold.nas.spaces`: benchmark tables (NAS-Bench-Macro, Channel-Bench-Macro, NAS-Bench-201) read from a
   user path; :mod:`tenfold.nas.prompts`: every text sent to the chat model (the spaces' task descriptions, the
@@ -9,7 +9,11 @@
   local search.
 * :mod:`tenfold.nas.macro`: a NAS-Bench-Macro-style space scored by training its networks
   (:class:`tenfold.models.nas_macro.MacroNet`, timm's ``nas_macro_cifar``).
-* :mod:`tenfold.nas.cli`: ``tenfold search``.
+* ScaleNet (arXiv:2207.07267): :mod:`tenfold.nas.scalenet` (space, super-supernet, sampler, FLOPs, proxy
+  evaluator), :mod:`tenfold.nas.scalenet_search` (joint base GA / scaling grid search),
+  :mod:`tenfold.nas.scalenet_task` (Lightning training of the super-supernet); the found networks are
+  :class:`tenfold.models.scalenet.ScaleNetModel` (timm's ``scalenet_searched``).
+* :mod:`tenfold.nas.cli`: ``tenfold search`` (benchmark tables, and ``--space scalenet``).
 """
 
 from __future__ import annotations

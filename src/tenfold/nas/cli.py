@@ -7,11 +7,17 @@ Example::
     TENFOLD_LLM_MODEL=gpt-4 TENFOLD_LLM_API_KEY=... tenfold search --space nas-bench-macro --table ~/tables \\
         --optimizer ginas --trials 3
 
-Writes ``results.json`` (every trial, its records and curve, the summary rows), ``summary.md`` and
-``best_so_far.png`` into ``--out`` (default ``runs/search-<time>``), and, for GINAS, one transcript per trial under
-``transcripts/``. A GINAS trial that never got a valid answer is reported as failed (``failed_trials``) and left out
-of the statistics. When the chat endpoint fails for good (:class:`~tenfold.nas.llm.ChatError`), the finished trials
-are written, a one-line error says to rerun with ``--resume``, and the exit code is 2.
+ScaleNet's joint base/scaling search on a trained super-supernet has its own options (``--space scalenet``)::
+
+    tenfold search --space scalenet --supernet runs/scalenet/tiny_supernet/<time>/checkpoints/last.ckpt \\
+        --data digits --out runs/scalenet-search [--resume]
+
+For the benchmark tables, writes ``results.json`` (every trial, its records and curve, the summary rows),
+``summary.md`` and ``best_so_far.png`` into ``--out`` (default ``runs/search-<time>``), and, for GINAS, one
+transcript per trial under ``transcripts/``. A GINAS trial that never got a valid answer is reported as failed
+(``failed_trials``) and left out of the statistics. When the chat endpoint fails for good
+(:class:`~tenfold.nas.llm.ChatError`), the finished trials are written, a one-line error says to rerun with
+``--resume``, and the exit code is 2.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_curves", "search_main"]
+__all__ = ["plot_curves", "scalenet_search_main", "search_main"]
 
 OPTIMIZERS = ("ginas", "random", "evolution", "local")
 
@@ -219,6 +225,8 @@ def search_main(argv: list[str]) -> int:
     from tenfold.nas.llm import ChatError
     from tenfold.nas.spaces import load_space
 
+    if _space_of(argv) == "scalenet":
+        return scalenet_search_main(argv)
     args = _parser().parse_args(argv)
     optimizers = [o.strip() for o in args.optimizer.split(",") if o.strip()]
     unknown = [o for o in optimizers if o not in OPTIMIZERS]
@@ -273,4 +281,141 @@ def search_main(argv: list[str]) -> int:
               f"{finished} ({where}). Fix the endpoint, then rerun the same command with --resume to continue "
               "from the transcripts.", file=sys.stderr)  # fmt: skip
         return 2
+    return 0
+
+
+def _space_of(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--space" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--space="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _scalenet_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tenfold search --space scalenet",
+        description="ScaleNet's joint search (base GA alternating with a per-stage scaling grid) on a trained "
+        "super-supernet, scored by the official proxy (BN batch statistics, 2 coupled calls summed).",
+    )
+    p.add_argument("--space", required=True, choices=["scalenet"])
+    p.add_argument("--supernet", required=True, help="checkpoint of `tenfold fit` with ScaleNetSupernetTask")
+    p.add_argument("--data", default="digits", choices=["digits", "builtin"], help="proxy set: its validation split")
+    p.add_argument("--image-size", type=int, default=32, help="proxy images before resizing to each resolution")
+    p.add_argument("--proxy-batches", type=int, default=4, help="proxy batches per candidate")
+    p.add_argument("--batch-size", type=int, default=64, help="proxy batch size (official 64 per GPU)")
+    p.add_argument("--flops-constraint", type=float,
+                   help="base FLOPs target F0 in multiply-adds (default: the checkpoint space's; for the tiny "
+                   "space without one, the median FLOPs of 200 random repaired bases)")  # fmt: skip
+    p.add_argument("--pop-size", type=int, default=16, help="GA population (paper 64)")
+    p.add_argument("--n-gens", type=int, default=6, help="GA generations per round (paper 40)")
+    p.add_argument("--admm-iter", type=int, default=3, help="alternation rounds (paper 8)")
+    p.add_argument("--n-init", type=int, default=8, help="random feasible bases of the initial strategy (paper 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search")
+    p.add_argument("--out", help="output folder (must not exist unless --resume; default runs/scalenet-search-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the search state in --out")
+    return p
+
+
+def median_base_flops(space: Any, n: int = 200, seed: int = 0) -> float:
+    """Median official FLOPs of ``n`` random repaired bases at stage 0 (the demo's F0 rule, spec section 7)."""
+    import random
+    import statistics
+
+    from tenfold.nas.scalenet import check_basenet, official_flops
+
+    rng = random.Random(seed)
+    r0 = space.resolutions[0][0]
+    flops = [
+        official_flops(space, [*check_basenet(space, [rng.randint(0, c - 1) for c in space.block_choices()]), 1.0, r0])
+        for _ in range(n)
+    ]
+    return float(statistics.median(flops))
+
+
+def scalenet_search_main(argv: list[str]) -> int:
+    """``tenfold search --space scalenet``: returns the exit code (0).
+
+    Writes ``state.json`` (the resumable search state), ``results.json`` (best base, per-stage strategy, the
+    scaled family with FLOPs and proxy scores, evaluation count) and ``summary.md`` into ``--out``. Under
+    ``torchrun`` (``WORLD_SIZE > 1``) a gloo process group is started, every process runs the search and the
+    candidates of each population / generation / grid are spread over the processes; rank 0 writes the files.
+    """
+    from dataclasses import replace
+
+    import torch
+
+    from tenfold.data.datamodules import ClassificationData
+    from tenfold.engine.demo import markdown_table
+    from tenfold.nas.result import write_json
+    from tenfold.nas.scalenet import (
+        evaluate_candidate,
+        evaluate_candidates,
+        official_flops,
+        scale_basenet,
+        scaling_values,
+    )
+    from tenfold.nas.scalenet_search import search
+    from tenfold.nas.scalenet_task import load_supernet
+    from tenfold.utils.checkpoint import atomic_write
+
+    args = _scalenet_parser().parse_args(argv)
+    if args.proxy_batches < 1 or args.batch_size < 1:
+        raise ValueError(f"--proxy-batches and --batch-size must be >= 1, got {args.proxy_batches}, {args.batch_size}")
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("scalenet-search-%Y%m%d-%H%M%S")
+    if out.exists() and not args.resume:
+        raise FileExistsError(f"output folder {str(out)!r} exists; choose another --out, or pass --resume")
+    if args.resume and not (out / "state.json").is_file():
+        raise FileNotFoundError(f"--resume: no search state {str(out / 'state.json')!r}")
+    dist = torch.distributed
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    supernet = load_supernet(args.supernet)
+    space = supernet.space
+    f0 = args.flops_constraint or space.flops_constraint or median_base_flops(space, seed=args.seed)
+    space = replace(space, flops_constraint=f0, err_base=space.err_base or 0.1 * f0,
+                    err_scale=space.err_scale or 0.2 * f0)  # fmt: skip
+    supernet.space = space
+    data = ClassificationData(dataset=args.data, image_size=args.image_size, eval_batch_size=args.batch_size,
+                              batch_size=args.batch_size, augment="none")  # fmt: skip
+    data.setup("validate")
+    batches = []
+    for images, labels, _ in data.val_dataloader():
+        batches.append(data.on_after_batch_transfer((images, labels, None), 0))
+        if len(batches) == args.proxy_batches:
+            break
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    st = search(space, lambda e: evaluate_candidate(supernet, e, batches), out / "state.json",
+                pop_size=args.pop_size, n_gens=args.n_gens, admm_iter=args.admm_iter, n_init=args.n_init,
+                seed=args.seed, resume=args.resume, write_state=rank == 0,
+                batch_score_fn=lambda es: evaluate_candidates(supernet, es, batches))  # fmt: skip
+    seconds = time.perf_counter() - t0
+    score, base = st["topk"][0]
+    r0 = space.resolutions[0][0]
+    family = [{"stage": 0, "encoding": [*base, 1.0, r0], "flops": official_flops(space, [*base, 1.0, r0]),
+               "proxy_top1": evaluate_candidate(supernet, [*base, 1.0, r0], batches)}]  # fmt: skip
+    for s in range(1, space.max_scaling_stage + 1):
+        d_m, c_m, r = scaling_values(space, s, st["strategy"][str(s)])
+        enc = scale_basenet(space, base, d_m, c_m, r)
+        family.append({"stage": s, "d_m": d_m, "c_m": c_m, "resolution": r, "encoding": enc,
+                       "flops": official_flops(space, enc), "target": f0 * 2**s,
+                       "proxy_top1": evaluate_candidate(supernet, enc, batches)})  # fmt: skip
+    if rank != 0:
+        return 0
+    result = {"space": "scalenet", "supernet": str(args.supernet), "flops_constraint": f0, "family_score": score,
+              "base": base, "strategy": st["strategy"], "family": family, "evaluations": len(st["cache"]),
+              "seconds": round(seconds, 2),
+              "settings": {k: v for k, v in vars(args).items() if k != "resume"}}  # fmt: skip
+    write_json(result, out / "results.json")
+    rows = [{"stage": f["stage"], "c_m": f.get("c_m", 1.0), "d_m": f.get("d_m", 1.0),
+             "resolution": f.get("resolution", r0), "MAdds (M)": f["flops"] / 1e6,
+             "proxy top-1 (%)": f["proxy_top1"]} for f in family]  # fmt: skip
+    text = (f"ScaleNet search: F0 {f0 / 1e6:.3g}M MAdds, family score {score:.2f}, {len(st['cache'])} proxy "
+            f"evaluations, {seconds:.1f} s\n\n{markdown_table(rows)}")  # fmt: skip
+    with atomic_write(out / "summary.md") as tmp:
+        tmp.write_text(text)
+    print(text)
     return 0

@@ -13,7 +13,8 @@ Lightning training task build on these pieces.
 * :func:`sample_subnet` is the hierarchical sampler (spec 2.3), :func:`check_basenet` / :func:`scale_basenet` the
   official encoding repair and scaling (spec 2.6), :func:`official_flops` the official (inexact) multiply-add
   counter and :func:`true_flops` the count of the real forward, :func:`family_score` the family score (spec 2.5).
-* :func:`scalenet_from_encoding` builds a found encoding as a standalone network (spec 2.7).
+* :func:`scalenet_from_encoding` builds a found encoding as a standalone network (spec 2.7), the
+  timm-registered :class:`tenfold.models.scalenet.ScaleNetModel` (re-exported here).
 
 An encoding is a list of one op index per choice block (43 in the paper space; 0 = ``id`` = layer skipped)
 followed by ``[c_m, resolution]``.
@@ -23,8 +24,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tenfold.models.scalenet import OP_KERNELS, ScaleNetModel
 from tenfold.utils.flops import count_flops
 
 __all__ = [
@@ -39,20 +41,25 @@ __all__ = [
     "ScaleNetSpace",
     "ScaleNetSuperNet",
     "StageRow",
+    "at_resolution",
     "check_basenet",
+    "evaluate_candidate",
+    "evaluate_candidates",
     "family_score",
     "is_feasible",
     "official_flops",
+    "official_lr_factor",
+    "official_param_groups",
     "official_state_dict",
+    "proxy_logits",
     "s_softmax_loss",
     "sample_subnet",
     "scale_basenet",
     "scaling_values",
     "scalenet_from_encoding",
+    "space_from_name",
     "true_flops",
 ]
-
-OP_KERNELS = {"id": 0, "ir_3x3_se": 3, "ir_5x5_se": 5, "ir_7x7_se": 7}
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,21 @@ class ScaleNetSpace:
             for g, (_, n) in enumerate(self.depth_stage)
             for _ in range(n)
         ]
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The layout arguments of :class:`~tenfold.models.scalenet.ScaleNetModel` for encodings of this space."""
+        stages = tuple(
+            (n_max, r.stride, r.c_out, r.t) for r, (_, n_max) in zip(self.stages, self.depth_stage[1:], strict=False)
+        )
+        return {
+            "stages": stages,
+            "stem_chs": self.stem_out,
+            "head_chs": self.conv_out,
+            "ops": self.ops,
+            "num_classes": self.num_classes,
+            "stem_stride": self.stem_stride,
+            "in_chans": self.in_chans,
+        }
 
     def validate(self, encoding: Sequence[Any]) -> None:
         """Raise ``ValueError`` naming the problem if ``encoding`` is not ``ops + [c_m, resolution]`` of this space."""
@@ -458,6 +480,22 @@ class ScaleNetSuperNet(nn.Module):
             if isinstance(m, _Coupled):
                 m.idx = 0
 
+    def coupling_state(self) -> list[int]:
+        """The slicing counters of every coupled module, in module order (saved with training checkpoints)."""
+        return [m.idx for m in self.modules() if isinstance(m, _Coupled)]
+
+    def load_coupling_state(self, state: Sequence[int]) -> None:
+        """Restore :meth:`coupling_state`.
+
+        Raises:
+            ValueError: ``state`` has another length than the number of coupled modules.
+        """
+        mods = [m for m in self.modules() if isinstance(m, _Coupled)]
+        if len(state) != len(mods):
+            raise ValueError(f"coupling state has {len(state)} counters, the supernet has {len(mods)} coupled modules")
+        for m, v in zip(mods, state, strict=True):
+            m.idx = int(v)
+
     def set_subnet(self, encoding: Sequence[Any]) -> None:
         """Official ``set_subnet``: ``requires_grad`` only on the selected op of every block."""
         for block, idx in zip(self.net, encoding[: len(self.net)], strict=True):
@@ -719,100 +757,183 @@ def family_score(
     return sum(a * w for a, w in zip(scores, weights, strict=True)) / sum(weights)
 
 
+def space_from_name(name: str, num_classes: int | None = None, flops_constraint: float | None = None) -> ScaleNetSpace:
+    """The ``"paper"`` or ``"tiny"`` space, optionally with another class count or base FLOPs target F0.
+
+    For ``tiny`` a new F0 also sets the tolerances the way :meth:`ScaleNetSpace.tiny` does (10 % / 20 % of F0).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    builders = {"paper": ScaleNetSpace.paper, "tiny": ScaleNetSpace.tiny}
+    if name not in builders:
+        raise ValueError(f"unknown ScaleNet space {name!r}; known: {sorted(builders)}")
+    space = builders[name]()
+    if name == "tiny" and flops_constraint is not None:
+        space = ScaleNetSpace.tiny(flops_constraint=flops_constraint)
+    elif flops_constraint is not None:
+        space = replace(space, flops_constraint=flops_constraint)
+    return space if num_classes is None else replace(space, num_classes=num_classes)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training pieces: weight-decay groups, learning-rate factor, proxy evaluation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def official_param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Parameter groups with the official weight-decay multipliers (``BaseModel.set_params``).
+
+    Conv weights ``2 * weight_decay``, conv biases 0, BN weights and biases 0, everything else (the Linear head's
+    weight and bias) ``weight_decay``. Empty groups are left out.
+    """
+    conv_w: list[nn.Parameter] = []
+    zero: list[nn.Parameter] = []
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            conv_w.append(module.weight)
+            zero += [] if module.bias is None else [module.bias]
+        elif isinstance(module, nn.BatchNorm2d):
+            zero += [module.weight, module.bias]
+    seen = {id(p) for p in conv_w + zero}
+    rest = [p for p in net.parameters() if id(p) not in seen]
+    groups = [
+        {"params": conv_w, "weight_decay": 2 * weight_decay},
+        {"params": zero, "weight_decay": 0.0},
+        {"params": rest, "weight_decay": weight_decay},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def official_lr_factor(iteration: int, warmup_steps: int, total_steps: int) -> float:
+    """Official ``IterLRScheduler`` (``gradual`` warm-up, ``cosine`` decay) as a factor of the base lr.
+
+    ``iteration / warmup_steps`` while ``iteration < warmup_steps``, then
+    ``0.5 * (1 + cos(pi * (min(iteration, T) - W) / (T - W)))``, reaching 0 at ``total_steps``. The official loop
+    counts iterations from 1.
+
+    Raises:
+        ValueError: ``total_steps <= warmup_steps``.
+    """
+    if total_steps <= warmup_steps:
+        raise ValueError(f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})")
+    if iteration < warmup_steps:
+        return iteration / warmup_steps
+    c = min(iteration, total_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * (c - warmup_steps) / (total_steps - warmup_steps)))
+
+
+def at_resolution(images: torch.Tensor | Mapping[int, torch.Tensor], resolution: int) -> torch.Tensor:
+    """The batch at ``resolution``: picked from a ``{resolution: batch}`` dict, else resized if needed.
+
+    Resizing is bilinear with antialiasing on the whole batch (a CPU-friendly stand-in for the official
+    per-resolution ``RandomResizedCrop`` / resize-and-centre-crop pipelines, see docs/scalenet.md).
+    """
+    if isinstance(images, Mapping):
+        if resolution not in images:
+            raise KeyError(f"resolution {resolution} not among the input resolutions {sorted(images)}")
+        return images[resolution]
+    if images.shape[-2:] == (resolution, resolution):
+        return images
+    return F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+
+
+def proxy_logits(
+    supernet: ScaleNetSuperNet, images: torch.Tensor | Mapping[int, torch.Tensor], encoding: Sequence[Any]
+) -> torch.Tensor:
+    """Official test-time logits of a sub-network: BN batch statistics, no gradient, ``n`` calls summed.
+
+    BN runs in train mode (per-batch statistics), ``n = space.n_coupling`` calls are summed (the n-laterally
+    coupled leading and trailing slices); the module's train/eval mode is restored afterwards.
+    """
+    was = supernet.training
+    supernet.train()
+    try:
+        with torch.no_grad():
+            x = at_resolution(images, int(encoding[-1]))
+            logits = supernet(x, encoding)
+            for _ in range(1, max(supernet.space.n_coupling, 1)):
+                logits = logits + supernet(x, encoding)
+    finally:
+        supernet.train(was)
+    return logits
+
+
+def evaluate_candidate(
+    supernet: ScaleNetSuperNet, encoding: Sequence[Any], batches: Iterable[tuple[Any, torch.Tensor]]
+) -> float:
+    """Proxy accuracy of a candidate (official ``eval_subnet`` + ``ImagenetTester.test``), spec 2.5.
+
+    Running BN statistics are reset (``reset_bn``; the slicing counters are kept), then every batch goes through
+    :func:`proxy_logits`; the score is the top-1 accuracy in percent of each batch, averaged over batches (not over
+    images, as the official ``AverageMeter`` is updated once per batch).
+
+    Args:
+        supernet: The trained super-supernet.
+        encoding: ``ops + [c_m, r]``.
+        batches: ``(images, labels)`` pairs; images (B, C, H, W) are resized to ``r``, or a ``{r: images}`` dict.
+
+    Raises:
+        ValueError: no batch.
+    """
+    supernet.reset_bn()
+    accs = []
+    for images, labels in batches:
+        logits = proxy_logits(supernet, images, encoding)
+        accs.append(100.0 * (logits.argmax(1) == labels.to(logits.device)).double().mean().item())
+    if not accs:
+        raise ValueError("evaluate_candidate needs at least one proxy batch")
+    return sum(accs) / len(accs)
+
+
+def evaluate_candidates(
+    supernet: ScaleNetSuperNet, encodings: Sequence[Sequence[Any]], batches: Sequence[tuple[Any, torch.Tensor]]
+) -> list[float]:
+    """:func:`evaluate_candidate` of every encoding; under ``torch.distributed`` the encodings are spread.
+
+    With an initialised process group, rank ``k`` of ``W`` evaluates ``encodings[k::W]`` on the whole proxy set
+    (``batches``, the same on every rank) and the scores are gathered with ``all_gather_object``, so every rank
+    returns the same list, in the order of ``encodings``. Every rank must call this with the same ``encodings``.
+    """
+    dist = torch.distributed
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    mine = [evaluate_candidate(supernet, e, batches) for e in encodings[rank::world]]
+    if world == 1:
+        return mine
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, mine)
+    out = [0.0] * len(encodings)
+    for k, scores in enumerate(gathered):
+        out[k::world] = scores
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Standalone export
 # --------------------------------------------------------------------------------------------------------------
 
 
-class _MBConv(nn.Module):
-    def __init__(self, inp: int, hid: int, oup: int, k: int, stride: int, expand: bool) -> None:
-        super().__init__()
-        self.expand = (
-            nn.Sequential(nn.Conv2d(inp, hid, 1, bias=False), nn.BatchNorm2d(hid), nn.Hardswish())
-            if expand
-            else nn.Identity()
-        )
-        self.dw = nn.Sequential(
-            nn.Conv2d(hid, hid, k, stride, k // 2, groups=hid, bias=False), nn.BatchNorm2d(hid), nn.Hardswish()
-        )
-        self.se_reduce = nn.Conv2d(hid, hid // 4, 1)
-        self.se_expand = nn.Conv2d(hid // 4, hid, 1)
-        self.project = nn.Sequential(nn.Conv2d(hid, oup, 1, bias=False), nn.BatchNorm2d(oup))
-        self.use_shortcut = inp == oup and stride == 1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.dw(self.expand(x))
-        y = y * F.hardsigmoid(self.se_expand(F.relu(self.se_reduce(y.mean((2, 3), keepdim=True)))))
-        y = self.project(y)
-        return y + x if self.use_shortcut else y
-
-
-class ScaleNetModel(nn.Module):
-    """A found encoding as a standalone network: widths ``ceil(C * c_m)``, hidden ``ceil(round(C_in * t) * c_m)``."""
-
-    def __init__(self, space: ScaleNetSpace, encoding: Sequence[Any], num_classes: int | None = None) -> None:
-        super().__init__()
-        space.validate(encoding)
-        c_m = float(encoding[-2])
-        self.resolution = int(encoding[-1])
-        self.encoding = list(encoding)
-        stem = int(math.ceil(space.stem_out * c_m))
-        layers: list[nn.Module] = [
-            nn.Sequential(
-                nn.Conv2d(space.in_chans, stem, 3, space.stem_stride, 1, bias=False),
-                nn.BatchNorm2d(stem),
-                nn.Hardswish(),
-            )
-        ]
-        c, c_base = stem, space.stem_out
-        for (kind, row, i), op in zip(_layer_rows(space), encoding[:-2], strict=True):
-            if kind != "stage":
-                continue
-            assert row is not None
-            oup = int(math.ceil(row.c_out * c_m))
-            stride = row.stride if i == 0 else 1
-            k = OP_KERNELS[space.ops[int(op)]]
-            if k:
-                hid = int(math.ceil(int(round(c_base * row.t)) * c_m))
-                layers.append(_MBConv(c, hid, oup, k, stride, row.t != 1))
-            elif stride != 1 or c != oup:
-                layers.append(nn.Sequential(nn.Conv2d(c, oup, 1, stride, bias=False), nn.BatchNorm2d(oup)))
-            else:
-                continue
-            c, c_base = oup, row.c_out
-        layers.append(
-            nn.Sequential(nn.Conv2d(c, space.conv_out, 1, bias=False), nn.BatchNorm2d(space.conv_out), nn.Hardswish())
-        )
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(space.conv_out, num_classes or space.num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of a batch at :attr:`resolution` (any size works: the head pools globally)."""
-        return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
-
-
 def scalenet_from_encoding(
     encoding: Sequence[Any], space: ScaleNetSpace | str = "paper", num_classes: int | None = None, **kwargs: Any
 ) -> ScaleNetModel:
-    """Build a found encoding as a standalone :class:`ScaleNetModel` (timm entrypoint-style builder).
+    """Build a found encoding of ``space`` as a standalone :class:`~tenfold.models.scalenet.ScaleNetModel`.
+
+    The timm entrypoints ``scalenet_searched`` / ``scalenet_tiny_searched`` build the same network for the paper /
+    tiny layouts; this builder takes any :class:`ScaleNetSpace`.
 
     Args:
         encoding: ``ops + [c_m, resolution]`` of ``space``.
         space: A :class:`ScaleNetSpace` or ``"paper"`` / ``"tiny"``.
         num_classes: Override of the space's classifier size.
-        **kwargs: What ``timm.create_model`` passes (``pretrained``, ``pretrained_cfg``, ``pretrained_cfg_overlay``,
-            ``cache_dir``); only their defaults are accepted, as no weights are released.
+        **kwargs: Further :class:`~tenfold.models.scalenet.ScaleNetModel` arguments (``drop_rate``, ``global_pool``).
+
+    Raises:
+        ValueError: an unknown space name, or an encoding that does not fit the space.
     """
-    if kwargs.pop("pretrained", False):
-        raise ValueError("ScaleNet has no released weights; pretrained=True is not available")
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # passed (as None) by timm.create_model
-        if kwargs.pop(key, None) is not None:
-            raise ValueError(f"{key} is not supported: ScaleNet has no released weights")
-    if kwargs:
-        raise TypeError(f"unexpected arguments {sorted(kwargs)}")
     if isinstance(space, str):
-        builders = {"paper": ScaleNetSpace.paper, "tiny": ScaleNetSpace.tiny}
-        if space not in builders:
-            raise ValueError(f"unknown ScaleNet space {space!r}; known: {sorted(builders)}")
-        space = builders[space]()
-    return ScaleNetModel(space, encoding, num_classes)
+        space = space_from_name(space)
+    space.validate(encoding)
+    arch = space.model_kwargs()
+    if num_classes is not None:
+        arch["num_classes"] = num_classes
+    return ScaleNetModel(encoding=encoding, **arch, **kwargs)

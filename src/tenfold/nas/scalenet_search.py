@@ -36,8 +36,28 @@ def _key(x: Sequence[Any]) -> str:
 class EvalCache:
     """Evaluation cache keyed by the encoding string; JSON-serialisable."""
 
-    def __init__(self, fn: Callable[[list[Any]], float], table: dict[str, float] | None = None) -> None:
-        self.fn, self.table, self.calls = fn, dict(table or {}), 0
+    def __init__(
+        self,
+        fn: Callable[[list[Any]], float],
+        table: dict[str, float] | None = None,
+        batch_fn: Callable[[list[list[Any]]], list[float]] | None = None,
+    ) -> None:
+        self.fn, self.table, self.calls, self.batch_fn = fn, dict(table or {}), 0, batch_fn
+
+    def fill(self, encodings: Sequence[Sequence[Any]]) -> None:
+        """Score the not yet cached ``encodings`` in one ``batch_fn`` call (e.g. spread over processes)."""
+        todo: dict[str, list[Any]] = {}
+        for e in encodings:
+            if _key(e) not in self.table:
+                todo.setdefault(_key(e), list(e))
+        if not todo:
+            return
+        if self.batch_fn is None:
+            scores = [float(self.fn(e)) for e in todo.values()]
+        else:
+            scores = [float(v) for v in self.batch_fn(list(todo.values()))]
+        self.calls += len(todo)
+        self.table.update(zip(todo, scores, strict=True))
 
     def __call__(self, encoding: Sequence[Any]) -> float:
         """Score of ``encoding``, computed once."""
@@ -135,10 +155,30 @@ def search(
     seed: int = 0,
     resume: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    batch_score_fn: Callable[[list[list[Any]]], list[float]] | None = None,
+    write_state: bool = True,
 ) -> dict[str, Any]:
     """Alternation loop: grid strategy for the top bases, then a GA over bases; state saved after every generation.
 
-    Returns the final state (``topk``: best ``[score, base]`` rows, ``strategy``).
+    Args:
+        space: the space (``flops_constraint`` set).
+        score_fn: proxy accuracy of a scaled encoding (higher is better).
+        state_path: JSON state file, rewritten atomically after every generation.
+        flops_fn: FLOPs counter.
+        pop_size: GA population (paper 64).
+        n_gens: GA generations per round (paper 40).
+        admm_iter: alternation rounds (paper 8).
+        n_init: random feasible bases of the initial strategy and population (paper 20).
+        topk: best bases kept in the state.
+        seed: seed of the search's RNG.
+        resume: continue from ``state_path``.
+        callback: called with the state after every generation (raise :class:`SearchStopped` to stop).
+        batch_score_fn: optional batched ``score_fn``: the candidates a population, a generation's offspring or a
+            grid needs are collected first and scored in one call (e.g.
+            :func:`~tenfold.nas.scalenet.evaluate_candidates`, which spreads them over processes).
+        write_state: write the state file (False on all but one process when every process runs the search).
+
+    Returns the final state (``topk``: best ``[score, base]`` rows, ``strategy``, ``cache``, ``evaluations``).
     """
     if resume:
         try:
@@ -161,7 +201,7 @@ def search(
             "bases": bases,
             "strategy": {str(k): list(v) for k, v in initial_strategy(space, bases, flops_fn).items()},
         }
-    acc = EvalCache(score_fn, st["cache"])
+    acc = EvalCache(score_fn, st["cache"], batch_fn=batch_score_fn)
     n_var = space.num_blocks
     choices = space.block_choices()
 
@@ -169,8 +209,19 @@ def search(
         strat = {int(k): tuple(v) for k, v in st["strategy"].items()}
         return family_score(space, b, strat, acc)
 
+    def needed(bases: Sequence[list[int]]) -> None:
+        """Score at once every encoding the family scores of ``bases`` will ask for."""
+        wanted: list[list[Any]] = []
+        strat = {int(k): tuple(v) for k, v in st["strategy"].items()}
+        for b in bases:
+            family_score(space, b, strat, lambda e: wanted.append(e) or 0.0)
+        acc.fill(wanted)
+
     def save() -> None:
         st["cache"] = acc.table
+        st["evaluations"] = len(acc.table)
+        if not write_state:
+            return
         st["rng"] = [list(rng.getstate()[0:1])[0], list(rng.getstate()[1]), rng.getstate()[2]]
         tmp = f"{state_path}.tmp"
         with open(tmp, "w") as f:
@@ -182,6 +233,9 @@ def search(
             if st["round"] > 0:  # grid step for the best base
                 best = st["topk"][0][1]
                 for s in range(1, space.max_scaling_stage + 1):
+                    grid_wanted: list[list[Any]] = []
+                    grid_search(space, best, s, lambda e, w=grid_wanted: w.append(e) or 0.0, flops_fn)
+                    acc.fill(grid_wanted)
                     rows = grid_search(space, best, s, acc, flops_fn)
                     if rows:
                         st["strategy"][str(s)] = list(rows[0][1])
@@ -190,6 +244,7 @@ def search(
                 b = check_basenet(space, [rng.randint(0, c - 1) for c in choices])
                 if b not in pop:
                     pop.append(b)
+            needed(pop)
             st["pop"] = [[fit(b), b] for b in pop]
             st["gen"] = 0
         while st["gen"] < n_gens:
@@ -210,6 +265,7 @@ def search(
                 if _key(c) not in seen:
                     seen.add(_key(c))
                     kids.append(c)
+            needed(kids)
             merged = pop + [[fit(c), c] for c in kids]
             st["pop"] = sorted(merged, key=lambda r: -r[0])[:pop_size]
             st["gen"] += 1
