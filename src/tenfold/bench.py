@@ -1,17 +1,20 @@
 """``tenfold bench NAME``: registered comparisons that print ratios against a baseline measured in the same run.
 
 A benchmark is a function ``fn(quick: bool)`` returning table rows (a list of dicts), or several titled tables
-(a dict ``{title: rows}``) when its measurements do not share columns. Numbers are measurements of this
-machine at this moment: they are reported, never asserted in tests.
+(a dict ``{title: rows}``) when its measurements do not share columns. A benchmark with a compiled mode takes a
+keyword ``compile: bool`` too (``tenfold bench NAME --compile``: its models also run through
+:func:`tenfold.utils.compile.compile_for_inference`). Numbers are measurements of this machine at this moment: they
+are reported, never asserted in tests.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["register_bench", "list_benches", "run_bench", "bench_markdown"]
+__all__ = ["register_bench", "list_benches", "compilable_benches", "run_bench", "bench_markdown"]
 
 #: Modules whose import registers benchmarks; a family adds its module here when it lands.
 BENCH_MODULES = (
@@ -42,19 +45,34 @@ def list_benches() -> dict[str, str]:
     return {name: desc for name, (_, desc) in _REGISTRY.items()}
 
 
+def compilable_benches() -> list[str]:
+    """Names of the registered benchmarks that have a compiled mode (a ``compile`` keyword)."""
+    list_benches()
+    return [name for name, (fn, _) in _REGISTRY.items() if "compile" in inspect.signature(fn).parameters]
+
+
 Rows = list[dict[str, Any]]
 
 
-def run_bench(name: str, quick: bool = False) -> Rows | dict[str, Rows]:
+def run_bench(name: str, quick: bool = False, compile: bool = False) -> Rows | dict[str, Rows]:
     """Run one benchmark and return its rows (or its titled tables).
 
+    Args:
+        name: a registered benchmark.
+        quick: fewer timed runs.
+        compile: also measure the models compiled (only benchmarks with a compiled mode).
+
     Raises:
-        ValueError: ``name`` is not registered.
+        ValueError: ``name`` is not registered, or ``compile`` for a benchmark without a compiled mode.
     """
     names = list_benches()
     if name not in names:
         raise ValueError(f"unknown benchmark {name!r}; registered: {sorted(names)}")
-    return _REGISTRY[name][0](quick)
+    if not compile:
+        return _REGISTRY[name][0](quick)
+    if name not in compilable_benches():
+        raise ValueError(f"benchmark {name!r} has no compiled mode; --compile works with {compilable_benches()}")
+    return _REGISTRY[name][0](quick, compile=True)
 
 
 def bench_markdown(name: str, result: Rows | dict[str, Rows]) -> str:

@@ -18,7 +18,7 @@ LIGHTNING_HELP = {
     "fit": "train a recipe:  tenfold fit --config configs/classification/tiny.yaml [--trainer.max_steps 100]",
     "validate": "evaluate on the validation split (--ckpt_path FILE)",
     "test": "evaluate on the test split (--ckpt_path FILE)",
-    "predict": "run prediction",
+    "predict": "run prediction (--compile true: torch.compile the task's networks)",
 }
 
 
@@ -76,13 +76,20 @@ def _bench(argv: list[str]) -> int:
     parser.add_argument("name", nargs="?", help="benchmark name (see --list)")
     parser.add_argument("--list", action="store_true", help="list the registered benchmarks")
     parser.add_argument("--quick", action="store_true", help="fewer timed runs (for smoke checks)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the models compiled with torch.compile (tenfold.utils.compile.compile_for_inference; "
+        "benchmarks marked [--compile] in --list)",
+    )
     args = parser.parse_args(argv)
     if args.list or not args.name:
+        compilable = compilable_benches()
         for name, desc in list_benches().items():
-            print(f"{name:20s} {desc}")
+            print(f"{name:20s} {desc}" + (" [--compile]" if name in compilable else ""))
         return 0
     # markdown: readable in a terminal of any width, and pastes into docs as is
-    print(bench_markdown(args.name, run_bench(args.name, quick=args.quick)))
+    print(bench_markdown(args.name, run_bench(args.name, quick=args.quick, compile=args.compile)))
     return 0
 
 

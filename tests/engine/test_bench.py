@@ -94,3 +94,78 @@ def test_diffkd_bench_reports_block_costs_and_ratios():
     assert diffkd["memory ratio"] == pytest.approx(mem_diffkd / mem_kd)
     # saved activations do not depend on timing: the DiffKD blocks add their own on top of the same step
     assert mem_diffkd > mem_kd
+
+
+def test_compile_is_offered_only_by_benchmarks_with_a_compiled_mode(capsys):
+    from tenfold.bench import compilable_benches
+
+    assert {"models", "lightvit"} <= set(compilable_benches())
+    assert "diffkd" not in compilable_benches()
+    with pytest.raises(ValueError, match="'diffkd' has no compiled mode"):
+        run_bench("diffkd", quick=True, compile=True)
+    assert main(["bench", "diffkd", "--compile"]) == 2
+    assert "has no compiled mode" in capsys.readouterr().err
+    assert main(["bench", "--list"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert listed["models"].endswith("[--compile]") and not listed["diffkd"].endswith("[--compile]")
+
+
+def test_models_bench_compiled_mode_times_each_model_compiled_against_itself(monkeypatch):
+    import tenfold.utils.compile as compile_mod
+    import tenfold.utils.throughput as throughput
+
+    compiled = []
+
+    def fake_compile(model):
+        compiled.append(type(model).__name__)
+        return SimpleNamespace(model=model)
+
+    def fake_compare(models, input_shape, *, batch_size, **kwargs):
+        assert set(models) == {"eager", "compiled"} and models["compiled"].model is models["eager"]
+        assert input_shape == (3, 32, 32) and batch_size == 64
+        size = sum(p.numel() for p in models["eager"].parameters())
+        # a stand-in: compiled twice as fast as eager, whatever the model
+        return {
+            "eager": SimpleNamespace(samples_per_s=1e9 / size),
+            "compiled": SimpleNamespace(samples_per_s=2e9 / size),
+        }
+
+    import tenfold.classification.bench as cls_bench
+
+    monkeypatch.setattr(cls_bench, "ZOO", ("resnet8x4", "resnet20"))  # two models suffice for the wiring
+    monkeypatch.setattr(compile_mod, "compile_for_inference", fake_compile)
+    monkeypatch.setattr(throughput, "compare_throughput", fake_compare)
+    monkeypatch.setattr(throughput, "measure_throughput", lambda model, *a, **k: SimpleNamespace(samples_per_s=1.0))
+    rows = run_bench("models", quick=True, compile=True)
+    assert compiled == ["CifarResNet", "CifarResNet"] and [r["model"] for r in rows] == ["resnet8x4", "resnet20"]
+    for row in rows:
+        assert row["compiled / eager"] == pytest.approx(2.0, rel=1e-12), row["model"]
+
+
+def test_engine_bench_reports_medians_and_the_overhead_ratio(monkeypatch):
+    import tenfold.classification.bench as cls_bench
+
+    calls = []
+    # (wall, CPU) seconds per step; medians: plain (0.20, 0.10), Lightning (0.21, 0.104)
+    plain_times = iter([(0.10, 0.09), (0.30, 0.11), (0.20, 0.10)])
+    lightning_times = iter([(0.21, 0.104), (0.50, 0.2), (0.205, 0.1)])
+    monkeypatch.setattr(cls_bench, "plain_seconds_per_step", lambda steps: calls.append("plain") or next(plain_times))
+    monkeypatch.setattr(cls_bench, "lightning_seconds_per_step",
+                        lambda steps, out, extra_args: calls.append("lightning") or next(lightning_times))  # fmt: skip
+    rows = {r["loop"]: r for r in cls_bench.engine_overhead_rows(steps=10, rounds=3)}
+    assert calls == ["lightning", "plain", "plain", "lightning", "lightning", "plain"]  # alternating order
+    assert rows["plain PyTorch loop"]["wall ms / step"] == pytest.approx(200.0)
+    assert rows["plain PyTorch loop"]["CPU ms / step"] == pytest.approx(100.0)
+    lightning = rows["tenfold fit (Lightning)"]
+    assert lightning["wall ms / step"] == pytest.approx(210.0) and lightning["wall overhead %"] == pytest.approx(5.0)
+    assert lightning["CPU ms / step"] == pytest.approx(104.0) and lightning["CPU overhead %"] == pytest.approx(4.0)
+
+
+def test_seconds_per_step_counts_periodic_costs_and_skips_warmup():
+    from tenfold.classification.bench import _seconds_per_step
+
+    # 2 slow warm-up steps, then steps of 1 s with a 3 s one (a periodic log write) among them
+    stamps = [0.0, 10.0, 20.0, 21.0, 22.0, 25.0, 26.0]
+    assert _seconds_per_step(stamps, skip=2) == pytest.approx(6.0 / 4)
+    with pytest.raises(ValueError, match="need more than 6 timed steps, got 6"):
+        _seconds_per_step(stamps, skip=6)

@@ -1,7 +1,8 @@
-"""Callbacks the engine adds to every run: exact RNG resume and a final-metrics file."""
+"""Callbacks of the engine: exact RNG resume, a final-metrics file, the final checkpoint, and compilation."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import random
@@ -12,10 +13,11 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
+from torch import nn
 
 from tenfold.utils.checkpoint import atomic_write
 
-__all__ = ["FinalCheckpoint", "FinalMetrics", "RNGState"]
+__all__ = ["CompileModel", "FinalCheckpoint", "FinalMetrics", "RNGState"]
 
 
 class RNGState(pl.Callback):
@@ -114,3 +116,89 @@ class FinalCheckpoint(pl.Callback):
         trainer.save_checkpoint(path, weights_only=False)  # the full training state, so it can be resumed
         if callback.save_last:
             callback.last_model_path = str(path)
+
+
+class CompileModel(pl.Callback):
+    """Compile the task's networks with ``torch.compile`` (in place) before a stage starts; eager on failure.
+
+    ``tenfold fit|validate|test|predict --compile true`` adds this callback with its defaults; add it to
+    ``trainer.callbacks`` to choose the modules or the compiler options. It works for every task: each selected
+    submodule is compiled with :func:`tenfold.utils.compile.compile_module`, which keeps the module object, its
+    parameters and its ``state_dict`` keys, so checkpoints of a compiled run are those of an eager one (no
+    ``_orig_mod.`` prefix) and resume, export and load as usual. A module that fails to compile runs eagerly,
+    with one :class:`~tenfold.utils.compile.CompileFallbackWarning`. Compiled graphs are cached between runs
+    under ``cache_dir`` (see :func:`tenfold.utils.compile.inductor_cache_dir`): the first run of a recipe pays the
+    compilation (tens of seconds on a CPU), later runs of the same shapes load it.
+
+    Args:
+        modules: dotted names of the task's submodules to compile (``["model"]``, ``["student", "teacher"]``).
+            None: every direct child of the task that holds parameters and is called as a network, i.e. not a
+            torchmetrics metric and not a ``ModuleDict``/``ModuleList`` container.
+        mode: ``torch.compile`` mode (None, ``reduce-overhead``, ``max-autotune``).
+        dynamic: ``torch.compile``'s ``dynamic`` (None: shapes become dynamic after they change once).
+        backend: compiler backend (``inductor``; ``aot_eager``/``eager`` to debug).
+        fullgraph: refuse graph breaks (a module with one then falls back to eager).
+        cache_dir: inductor's cache folder; None: ``TORCHINDUCTOR_CACHE_DIR`` if set, else
+            ``~/.cache/tenfold/inductor``.
+
+    Raises:
+        ValueError: (at setup) a name in ``modules`` that is not a submodule of the task (with the closest names),
+            or no module to compile.
+    """
+
+    def __init__(
+        self,
+        modules: list[str] | None = None,
+        mode: str | None = None,
+        dynamic: bool | None = None,
+        backend: str = "inductor",
+        fullgraph: bool = False,
+        cache_dir: str | None = None,
+    ) -> None:
+        self.modules = list(modules) if modules is not None else None
+        self.mode = mode
+        self.dynamic = dynamic
+        self.backend = backend
+        self.fullgraph = fullgraph
+        self.cache_dir = cache_dir
+        self.compiled: list[str] = []
+
+    def targets(self, pl_module: pl.LightningModule) -> dict[str, nn.Module]:
+        """The submodules of ``pl_module`` this callback compiles, by name."""
+        if self.modules is None:
+            from torchmetrics import Metric, MetricCollection
+
+            skip = (Metric, MetricCollection, nn.ModuleDict, nn.ModuleList, nn.ParameterDict, nn.ParameterList)
+            found = {
+                name: child
+                for name, child in pl_module.named_children()
+                if not isinstance(child, skip) and next(child.parameters(), None) is not None
+            }
+            if not found:
+                raise ValueError(
+                    f"CompileModel found no network in {type(pl_module).__name__} (no child module with "
+                    "parameters); name the modules to compile with modules=[...]"
+                )
+            return found
+        named = dict(pl_module.named_modules())
+        out = {}
+        for name in self.modules:
+            if name not in named or not name:
+                close = difflib.get_close_matches(name, [n for n in named if n and "." not in n], n=5)
+                raise ValueError(
+                    f"CompileModel: {type(pl_module).__name__} has no submodule {name!r}; closest names: {close}"
+                )
+            out[name] = named[name]
+        return out
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Compile the target modules once (a later stage of the same task finds them compiled)."""
+        from tenfold.utils.compile import compile_module, inductor_cache_dir, is_compiled_in_place
+
+        inductor_cache_dir(self.cache_dir)
+        for name, module in self.targets(pl_module).items():
+            if is_compiled_in_place(module):
+                continue
+            compile_module(module, mode=self.mode, dynamic=self.dynamic, backend=self.backend,
+                           fullgraph=self.fullgraph)  # fmt: skip
+            self.compiled.append(name)

@@ -7,6 +7,9 @@ What this adds to LightningCLI:
 * checkpoints every ``--checkpoint.every_n_train_steps`` steps and at the end, written atomically and read back
   with ``weights_only=True``;
 * CSV and TensorBoard logs in ``<run>/logs/version_N``, ``<run>/metrics.json`` with the final metrics;
+* ``--compile true`` compiles the task's networks with ``torch.compile``
+  (:class:`~tenfold.engine.callbacks.CompileModel`: in place, checkpoint keys unchanged, eager fallback with one
+  warning, compiled graphs cached between runs);
 * recipe errors (unknown keys, wrong types) stop the run before any work with a short message that names the key
   and suggests the closest valid ones (``did you mean --model.optim.lr?``) instead of the full usage text.
 """
@@ -29,7 +32,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from tenfold.engine.callbacks import FinalCheckpoint, FinalMetrics, RNGState
+from tenfold.engine.callbacks import CompileModel, FinalCheckpoint, FinalMetrics, RNGState
 from tenfold.engine.checkpoint_io import SafeCheckpointIO
 from tenfold.engine.rundir import ENV_RUN_DIR, recipe_run_name, resolve_run_dir
 from tenfold.utils.checkpoint import load_checkpoint
@@ -180,6 +183,13 @@ class TenfoldCLI(LightningCLI):
             default=None,
             help="Name of the run group (default: <family>/<stem> for configs/<family>/<stem>.yaml, else the stem).",
         )
+        parser.add_argument(
+            "--compile",
+            type=bool,
+            default=False,
+            help="torch.compile the task's networks (tenfold.engine.callbacks.CompileModel with its defaults; add "
+            "that callback to trainer.callbacks instead to pick modules or compiler options).",
+        )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -229,6 +239,10 @@ class TenfoldCLI(LightningCLI):
         kwargs["plugins"] = plugins
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+        if self._get(self.config_init, "compile", default=False) and not any(
+            isinstance(c, CompileModel) for c in callbacks
+        ):
+            callbacks.append(CompileModel())
         kwargs["callbacks"] = [*callbacks, RNGState(), FinalCheckpoint(), FinalMetrics(self.run_dir / "metrics.json")]
         return super().instantiate_trainer(**kwargs)
 

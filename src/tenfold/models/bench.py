@@ -76,10 +76,21 @@ def lightvit_flops_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def lightvit_speed_rows(quick: bool = False) -> list[dict[str, Any]]:
+def _compiled(models: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+    """Fresh compiled wrappers (compiled lazily at their first pass, i.e. under the measured thread count)."""
+    from tenfold.utils.compile import compile_for_inference
+
+    # inductor's CPU kernels bake in the thread count of their compilation: drop the graphs compiled for another
+    torch._dynamo.reset()
+    return {f"{name} (compiled)": compile_for_inference(model) for name, model in models.items()}
+
+
+def lightvit_speed_rows(quick: bool = False, compile: bool = False) -> list[dict[str, Any]]:
     """Inference img/s of LightViT-T, PVTv2-B0 and DeiT-T at 224, batch 1 and 8, one thread and all threads.
 
-    Each row gives one setting; ``ratio vs X`` is LightViT-T's throughput divided by X's in that setting.
+    Each row gives one setting and mode (``eager``, or ``compiled`` with :func:`compile_for_inference`); ``ratio vs
+    X`` is LightViT-T's throughput divided by X's in the same setting and mode. With ``compile`` the eager and the
+    compiled models are timed in the same alternation, and the compiled rows add LightViT-T's speed-up over eager.
     """
     import timm
 
@@ -88,17 +99,22 @@ def lightvit_speed_rows(quick: bool = False) -> list[dict[str, Any]]:
 
     names = ("lightvit_tiny", *BASELINES)
     models = {n: timm.create_model(n).eval() for n in names}
+    modes = ("eager", "compiled") if compile else ("eager",)
     rows = []
     for threads in sorted({1, _all_threads()}):
+        timed = {**models, **(_compiled(models) if compile else {})}
         for batch in (1, 8):
-            speed = compare_throughput(
-                models, (3, 224, 224), batch_size=batch, threads=threads, **_rounds(quick, batch)
-            )
-            row: dict[str, Any] = {"threads": threads, "batch": batch}
-            row.update({f"{n} img/s": r.samples_per_s for n, r in speed.items()})
-            for base in BASELINES:
-                row[f"ratio vs {base}"] = speed["lightvit_tiny"].samples_per_s / speed[base].samples_per_s
-            rows.append(row)
+            speed = compare_throughput(timed, (3, 224, 224), batch_size=batch, threads=threads, **_rounds(quick, batch))
+            for mode in modes:
+                suffix = " (compiled)" if mode == "compiled" else ""
+                row: dict[str, Any] = {"threads": threads, "batch": batch, "mode": mode}
+                row.update({f"{n} img/s": speed[n + suffix].samples_per_s for n in names})
+                lightvit = speed["lightvit_tiny" + suffix].samples_per_s
+                for base in BASELINES:
+                    row[f"ratio vs {base}"] = lightvit / speed[base + suffix].samples_per_s
+                if compile:
+                    row["lightvit_tiny vs eager"] = lightvit / speed["lightvit_tiny"].samples_per_s
+                rows.append(row)
     return rows
 
 
@@ -170,11 +186,17 @@ def lightvit_port_rows(quick: bool = False) -> list[dict[str, Any]]:
 
 
 @register_bench("lightvit", "LightViT-T/S/B params, MACs (official and true counts), CPU img/s vs PVTv2-B0 / DeiT-T")
-def bench_lightvit(quick: bool) -> list[dict[str, Any]]:
-    """Two tables: params and GMACs at 224 (with the paper's numbers), then inference throughput and ratios."""
+def bench_lightvit(quick: bool, compile: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Three tables: params and GMACs at 224, inference throughput and ratios, and ours vs a straightforward port.
+
+    The first has the paper's numbers beside ours; the second measures eager models, and also compiled ones with
+    ``compile``; the third compares this implementation with a straightforward port of the official attention.
+    """
     return {
         "Params and multiply-adds at 224x224": lightvit_flops_rows(),
-        "CPU inference throughput at 224x224 (img/s); ratio = LightViT-T / baseline": lightvit_speed_rows(quick),
+        "CPU inference throughput at 224x224 (img/s); ratio = LightViT-T / baseline in the same mode": (
+            lightvit_speed_rows(quick, compile)
+        ),
         "LightViT-T: this implementation vs a straightforward port of the official attention": lightvit_port_rows(
             quick
         ),

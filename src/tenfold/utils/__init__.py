@@ -9,7 +9,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["FlopCount", "ThroughputResult", "count_flops", "count_parameters", "measure_throughput"]
+__all__ = [
+    "FlopCount",
+    "ThroughputResult",
+    "compile_for_inference",
+    "compile_module",
+    "count_flops",
+    "count_parameters",
+    "measure_throughput",
+]
 
 _LAZY = {
     "FlopCount": "tenfold.utils.flops",
@@ -17,6 +25,8 @@ _LAZY = {
     "count_parameters": "tenfold.utils.flops",
     "ThroughputResult": "tenfold.utils.throughput",
     "measure_throughput": "tenfold.utils.throughput",
+    "compile_for_inference": "tenfold.utils.compile",
+    "compile_module": "tenfold.utils.compile",
 }
 
 

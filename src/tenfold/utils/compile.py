@@ -1,32 +1,79 @@
-"""``torch.compile`` for inference, with one fallback path: a model that does not compile runs eagerly, with a warning.
+"""``torch.compile`` for inference and training, with one fallback path: a model that does not compile runs eagerly.
 
 Example::
 
-    from tenfold.utils.compile import compile_for_inference
+    from tenfold.utils.compile import compile_for_inference, compile_module
 
     fast = compile_for_inference(model)  # eval mode, inductor; the first call compiles
     logits = fast(images)
 
-Compiled code is cached by torch (inductor's FX graph and kernel caches under ``TORCHINDUCTOR_CACHE_DIR``, by
-default a folder in the system's temp directory), so a second process compiling the same model and shapes is much
-faster than the first. Compilation happens lazily at the first call; :func:`compile_for_inference` runs that call
-on ``example`` when one is given, so that a failure to compile is caught here (and the eager model returned) rather
-than in the middle of a user's loop.
+    compile_module(task.model)  # in place, for training: same object, same state_dict keys
+
+Two entry points share one fallback (:class:`CompileFallbackWarning`, warned once per model):
+
+* :func:`compile_for_inference` returns a compiled wrapper of the model in eval mode (``tenfold bench --compile``).
+* :func:`compile_module` compiles a module in place (``nn.Module.compile``): the object, its parameters, buffers,
+  hooks and ``state_dict`` keys stay the same (no ``_orig_mod.`` prefix), so checkpoints of a compiled run load into
+  an eager model. The engine's :class:`tenfold.engine.callbacks.CompileModel` (``tenfold fit --compile true``) uses it.
+
+Compiled code is cached between processes by torch: inductor's FX graph cache, the AOT-autograd cache (forward and
+backward graphs) and the kernel cache, all under ``TORCHINDUCTOR_CACHE_DIR``. Both entry points point that variable
+at a per-user folder, ``$XDG_CACHE_HOME/tenfold/inductor`` (``~/.cache/tenfold/inductor``), unless it is already
+set (torch sets it itself the first time it compiles in a process); see :func:`inductor_cache_dir`. A second run
+compiling the same model and shapes then takes seconds instead of tens of seconds.
+
+A failure to compile surfaces at the first call (compilation is lazy). The fallback then runs the eager model on
+the same inputs: if that succeeds the failure was the compiler's, and the model stays eager from then on, with one
+warning; if the eager model fails too, its own error is raised (a user error, such as a wrong input shape, does not
+switch compilation off).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CompileFallbackWarning", "compile_for_inference"]
+__all__ = [
+    "CompileFallbackWarning",
+    "compile_for_inference",
+    "compile_module",
+    "inductor_cache_dir",
+    "is_compiled_in_place",
+]
+
+#: The environment variable inductor reads its cache folder from.
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
 class CompileFallbackWarning(UserWarning):
     """``torch.compile`` failed for a model; it runs eagerly instead."""
+
+
+def inductor_cache_dir(path: str | Path | None = None) -> Path:
+    """Choose the folder where inductor caches compiled graphs and kernels between runs, and return it.
+
+    Args:
+        path: the folder to use. None keeps ``TORCHINDUCTOR_CACHE_DIR`` when it is set (by the user, or by torch at
+            its first compilation in this process) and otherwise uses ``$XDG_CACHE_HOME/tenfold/inductor``
+            (``~/.cache/tenfold/inductor``), which survives reboots, unlike torch's default in the temp folder.
+
+    Returns:
+        The folder, now in ``TORCHINDUCTOR_CACHE_DIR``.
+    """
+    if path is None:
+        current = os.environ.get(CACHE_ENV)
+        if current:
+            return Path(current)
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        path = Path(base) / "tenfold" / "inductor"
+    os.environ[CACHE_ENV] = str(Path(path).absolute())
+    return Path(os.environ[CACHE_ENV])
 
 
 def compile_for_inference(
@@ -54,6 +101,7 @@ def compile_for_inference(
         compiling failed.
     """
     model.eval()
+    inductor_cache_dir()
     try:
         compiled = torch.compile(model, mode=mode, dynamic=dynamic, backend=backend, fullgraph=fullgraph)
     except Exception as exc:  # torch.compile itself refuses (e.g. unsupported Python)
@@ -71,13 +119,86 @@ def compile_for_inference(
     return compiled
 
 
-def _warn(model: nn.Module, exc: BaseException) -> None:
+def compile_module(
+    module: nn.Module,
+    *,
+    mode: str | None = None,
+    dynamic: bool | None = None,
+    backend: str = "inductor",
+    fullgraph: bool = False,
+) -> nn.Module:
+    """Compile ``module`` in place for training or inference, with the eager fallback (one warning).
+
+    ``nn.Module.compile`` replaces what calling the module runs; the module keeps its identity, parameters,
+    buffers, hooks, train/eval switch and ``state_dict`` keys. It compiles at its first call (and again when the
+    mode, grad mode or input shapes change, within torch's recompilation limit). A module deep-copied after this
+    (an EMA teacher, say) runs eagerly.
+
+    Args:
+        module: the network to compile.
+        mode: ``torch.compile`` mode (None: default; ``reduce-overhead``, ``max-autotune``).
+        dynamic: None lets torch mark a dimension dynamic after it changed once (one extra compile for the last,
+            smaller batch of an epoch); False compiles one graph per shape; True starts dynamic.
+        backend: compiler backend (``inductor``; ``eager`` or ``aot_eager`` for debugging).
+        fullgraph: fail (and fall back) on any graph break instead of running the broken parts eagerly.
+
+    Returns:
+        ``module`` itself.
+    """
+    inductor_cache_dir()
+    try:
+        module.compile(mode=mode, dynamic=dynamic, backend=backend, fullgraph=fullgraph)
+    except Exception as exc:  # torch.compile itself refuses (e.g. unsupported Python)
+        _warn(module, exc)
+        return module
+    # nn.Module.__call__ runs `_compiled_call_impl` when it is set: wrap it with the shared fallback
+    module._compiled_call_impl = _Fallback(module._compiled_call_impl, module._call_impl, type(module).__name__)
+    return module
+
+
+def is_compiled_in_place(module: nn.Module) -> bool:
+    """Whether :func:`compile_module` (or ``nn.Module.compile``) was applied to ``module``."""
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def _warn(model: nn.Module | str, exc: BaseException) -> None:
+    name = model if isinstance(model, str) else type(model).__name__
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     warnings.warn(
-        f"torch.compile failed for {type(model).__name__} ({type(exc).__name__}: {first[:300]}); running it eagerly",
+        f"torch.compile failed for {name} ({type(exc).__name__}: {first[:300]}); running it eagerly",
         CompileFallbackWarning,
         stacklevel=3,
     )
+
+
+class _Fallback:
+    """Call ``compiled``; the first time it fails where ``eager`` succeeds, warn once and call ``eager`` from then on.
+
+    When ``eager`` fails on the same inputs too, its error is raised and compilation stays on: the inputs were
+    wrong, not the compiler.
+    """
+
+    def __init__(self, compiled: Callable[..., Any], eager: Callable[..., Any], name: str) -> None:
+        self.compiled = compiled
+        self.eager = eager
+        self.name = name
+        self.failed = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failed:
+            return self.eager(*args, **kwargs)
+        try:
+            return self.compiled(*args, **kwargs)
+        except Exception as exc:
+            error = exc
+        out = self.eager(*args, **kwargs)
+        self.failed = True
+        _warn(self.name, error)
+        return out
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> None:
+        # the compiled function belongs to the original module: a deep copy of the module runs eagerly
+        return None
 
 
 class _LazyFallback(nn.Module):
@@ -86,14 +207,12 @@ class _LazyFallback(nn.Module):
     def __init__(self, compiled: nn.Module, eager: nn.Module) -> None:
         super().__init__()
         self.eager = eager  # the one registered submodule: state_dict() / parameters() are the model's own
-        object.__setattr__(self, "_compiled", compiled)
-        self.failed = False
+        object.__setattr__(self, "_call", _Fallback(compiled, eager, type(eager).__name__))
+
+    @property
+    def failed(self) -> bool:
+        """Whether compiling failed and the eager model runs."""
+        return self._call.failed
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102
-        if not self.failed:
-            try:
-                return self._compiled(*args, **kwargs)
-            except Exception as exc:
-                self.failed = True
-                _warn(self.eager, exc)
-        return self.eager(*args, **kwargs)
+        return self._call(*args, **kwargs)
