@@ -38,6 +38,7 @@ DEMO_MODULES = (
     "tenfold.mim.demo",
     "tenfold.seg.demo",
     "tenfold.seg.demo_prcl",
+    "tenfold.nas.demo_scalenet",
 )
 
 

@@ -1,5 +1,66 @@
-"""Human-object interaction utilities: HICO-DET evaluation."""
+"""Human-object interaction: HICO-DET evaluation, the UPT-style two-stage baseline, RmLR and its text knowledge."""
 
-from tenfold.hoi.hico_eval import matlab_class_ap, qpic_evaluate, voc_ap_11
+from tenfold.hoi.detections import load_detections, noisy_gt_detections, save_detections
+from tenfold.hoi.hico_eval import (
+    ARANGE_THRESHOLDS,
+    LINSPACE_THRESHOLDS,
+    HOIMetrics,
+    matlab_evaluate,
+    qpic_evaluate,
+    upt_evaluate,
+    voc_ap_11,
+)
+from tenfold.hoi.rmlr import KnowledgeReasoning, ReMining, RmLR, RmLRLosses, TextKnowledge
+from tenfold.hoi.text import HOIVocabulary, SentenceTransformerEncoder, TextEncoder, build_text_knowledge
+from tenfold.hoi.upt import (
+    Detections,
+    HOIDetections,
+    InteractionHead,
+    InteractionHeadOutput,
+    UPTBaseline,
+    associate_with_ground_truth,
+    binary_focal_loss_with_logits,
+    checkpoint_filter_fn,
+    compute_spatial_encodings,
+    correspondence_mask,
+    interaction_loss,
+    pair_labels,
+    postprocess,
+    prepare_region_proposals,
+)
 
-__all__ = ["matlab_class_ap", "qpic_evaluate", "voc_ap_11"]
+__all__ = [
+    "ARANGE_THRESHOLDS",
+    "LINSPACE_THRESHOLDS",
+    "Detections",
+    "HOIDetections",
+    "HOIMetrics",
+    "HOIVocabulary",
+    "InteractionHead",
+    "InteractionHeadOutput",
+    "KnowledgeReasoning",
+    "ReMining",
+    "RmLR",
+    "RmLRLosses",
+    "SentenceTransformerEncoder",
+    "TextEncoder",
+    "TextKnowledge",
+    "UPTBaseline",
+    "associate_with_ground_truth",
+    "binary_focal_loss_with_logits",
+    "build_text_knowledge",
+    "checkpoint_filter_fn",
+    "compute_spatial_encodings",
+    "correspondence_mask",
+    "interaction_loss",
+    "load_detections",
+    "matlab_evaluate",
+    "noisy_gt_detections",
+    "pair_labels",
+    "postprocess",
+    "prepare_region_proposals",
+    "qpic_evaluate",
+    "save_detections",
+    "upt_evaluate",
+    "voc_ap_11",
+]
