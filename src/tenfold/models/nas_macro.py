@@ -36,6 +36,8 @@ from timm.models import (
 from timm.models._features import feature_take_indices  # not re-exported by timm.models
 from torch.utils.checkpoint import checkpoint
 
+from tenfold.models.surface import StemBlocksHeadSurface
+
 __all__ = ["MACRO_LAYERS", "IdentityOp", "InvertedResidual", "MacroNet", "make_op"]
 
 #: NAS-Bench-Macro's searchable layers: (in_channels, out_channels, stride) for layer2..layer9.
@@ -96,7 +98,7 @@ def _scaled(c: int, mult: float) -> int:
     return max(4, int(round(c * mult)))
 
 
-class MacroNet(nn.Module):
+class MacroNet(StemBlocksHeadSurface, nn.Module):
     """A NAS-Bench-Macro network: stem, one chosen operation per searchable layer, head.
 
     Module names: ``stem``, ``blocks.0`` ... ``blocks.{n-1}`` (the searchable layers, layer2 onwards),
@@ -153,37 +155,6 @@ class MacroNet(nn.Module):
         for mod in self.modules():
             if isinstance(mod, nn.Conv2d):
                 nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """Regexes grouping parameters into stem, one group per searchable layer, head conv (and classifier)."""
-        return dict(stem=r"^stem", blocks=[(r"^blocks\.(\d+)", None), (r"^head_conv", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each searchable layer in the backward pass instead of storing its activations."""
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names exempt from weight decay: none."""
-        return set()
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        """The final linear layer."""
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the classifier (0: :meth:`forward` returns pooled features).
-
-        Args:
-            num_classes: number of outputs; 0 makes :meth:`forward` return pooled features (B, num_features).
-            global_pool: ``"avg"`` or ``""`` (no pooling, only with ``num_classes=0``); None keeps the current one.
-        """
-        self.num_classes = num_classes
-        pool = self.global_pool.pool_type if global_pool is None else global_pool
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=pool)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) -> head feature map (B, num_features, H / 8, W / 8) for the default layers."""

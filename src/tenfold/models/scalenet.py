@@ -37,6 +37,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices  # not re-exported by timm.models
 from torch.utils.checkpoint import checkpoint
 
+from tenfold.models.surface import StemBlocksHeadSurface
+
 __all__ = ["OP_KERNELS", "PAPER_LAYOUT", "TINY_LAYOUT", "ScaleNetModel"]
 
 #: Depthwise kernel of every op name (0 = ``id``: skipped, or a 1x1 projection where the shape changes).
@@ -96,7 +98,7 @@ class _MBConv(nn.Module):
         return y + x if self.use_shortcut else y
 
 
-class ScaleNetModel(nn.Module):
+class ScaleNetModel(StemBlocksHeadSurface, nn.Module):
     """A ScaleNet encoding as a standalone network (spec section 2.7).
 
     Module names: ``stem``, ``blocks.{i}`` (one ``nn.Sequential`` per stage holding its active layers; a skipped
@@ -198,37 +200,6 @@ class ScaleNetModel(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """Regexes grouping parameters into stem, one group per stage, head conv (and classifier)."""
-        return dict(stem=r"^stem", blocks=[(r"^blocks\.(\d+)", None), (r"^head_conv", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each stage in the backward pass instead of storing its activations."""
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names exempt from weight decay: none (timm's factory already exempts biases and BN)."""
-        return set()
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        """The final linear layer."""
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the classifier (0: :meth:`forward` returns pooled features).
-
-        Args:
-            num_classes: number of outputs.
-            global_pool: ``"avg"`` or ``""`` (no pooling, only with ``num_classes=0``); None keeps the current one.
-        """
-        self.num_classes = num_classes
-        pool = self.global_pool.pool_type if global_pool is None else global_pool
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=pool)
 
     def _run(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
