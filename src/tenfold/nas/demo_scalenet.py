@@ -67,7 +67,7 @@ def compound_strategy(
     """
     if not 1 <= stage <= space.max_scaling_stage:
         raise ValueError(f"stage must be in [1, {space.max_scaling_stage}], got {stage}")
-    from tenfold.nas.scalenet_search import _grid
+    from tenfold.nas.scalenet_search import grid_points
 
     alpha, beta, gamma = coefficients
     r0 = space.resolutions[0][0]
@@ -84,7 +84,7 @@ def compound_strategy(
     def scaled(idx: tuple[int, int, int]) -> list[Any]:
         return scale_basenet(space, basenet, *scaling_values(space, stage, idx))
 
-    grid = _grid(space, stage)
+    grid = grid_points(space, stage)
     feasible = [i for i in grid if is_feasible(space, basenet, scaled(i), stage, space.err_scale, flops_fn)]
     if feasible:
         return min(feasible, key=distance)

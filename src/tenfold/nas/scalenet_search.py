@@ -84,7 +84,8 @@ def get_init_basenet(
     return out
 
 
-def _grid(space: ScaleNetSpace, s: int) -> list[tuple[int, int, int]]:
+def grid_points(space: ScaleNetSpace, s: int) -> list[tuple[int, int, int]]:
+    """Every (depth, width, resolution) index triple of scaling stage ``s`` (the per-stage grid of the search)."""
     return list(
         itertools.product(
             range(len(space.depth_multipliers[s])),
@@ -103,7 +104,7 @@ def grid_search(
 ) -> list[tuple[float, tuple[int, int, int]]]:
     """Exhaustive grid of one scaling stage for one base: feasible (``err_scale``) strategies sorted by score."""
     rows = []
-    for idx in _grid(space, stage):
+    for idx in grid_points(space, stage):
         scaled = scale_basenet(space, basenet, *scaling_values(space, stage, idx))
         if is_feasible(space, basenet, scaled, stage, space.err_scale, flops_fn):
             rows.append((float(score_fn(scaled)), idx))
@@ -125,7 +126,7 @@ def initial_strategy(
                 for b in bases
             ) / len(bases)
 
-        out[s] = max(_grid(space, s), key=frac)
+        out[s] = max(grid_points(space, s), key=frac)
     return out
 
 
