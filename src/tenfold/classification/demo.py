@@ -41,7 +41,7 @@ def train(run: _Run, ctx: DemoContext, seed: int):
 
     result = quick_fit(
         make_task, data, max_steps=run.steps, val_every=max(10, run.steps // 5),
-        out_dir=ctx.out_dir / f"{run.model}-{seed}", seed=seed, max_time_s=ctx.budget_s,
+        out_dir=ctx.out_dir / f"{run.model}-{run.dataset}-{seed}", seed=seed, max_time_s=ctx.budget_s,
     )  # fmt: skip
     return result.task, result
 
