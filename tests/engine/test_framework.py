@@ -52,6 +52,30 @@ def test_demo_selection_and_errors(fake_demos, tmp_path):
         run_demos(out=tmp_path / "one")  # never overwrite an existing report folder
 
 
+def test_demo_threads_option_sets_and_restores_the_thread_count(monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(demo_mod, "_REGISTRY", {})
+    monkeypatch.setattr(demo_mod, "DEMO_MODULES", ())
+    seen = {}
+
+    @register_demo("one_thread", budget_s=5, threads=1)
+    def one_thread(ctx):
+        seen["threads"] = torch.get_num_threads()
+        raise RuntimeError("fails after reading the count")
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_demos(out=tmp_path / "rep", jobs=1)
+        assert seen["threads"] == 1
+        assert torch.get_num_threads() == 2  # restored although the demo raised
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        register_demo("zero", threads=0)
+
+
 def test_run_dir_rules(tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_RUN_DIR, raising=False)
     first, ckpt = resolve_run_dir(tmp_path, "tiny", None, None)

@@ -12,7 +12,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,13 +81,20 @@ class _Demo:
     title: str
     group: str | None = None
     exclusive: bool = False
+    threads: int | None = None
 
 
 _REGISTRY: dict[str, _Demo] = {}
 
 
 def register_demo(
-    name: str, budget_s: float = 90.0, title: str | None = None, *, group: str | None = None, exclusive: bool = False
+    name: str,
+    budget_s: float = 90.0,
+    title: str | None = None,
+    *,
+    group: str | None = None,
+    exclusive: bool = False,
+    threads: int | None = None,
 ) -> Callable:
     """Register ``fn`` as the demo ``name`` with a default time budget in seconds.
 
@@ -99,12 +106,16 @@ def register_demo(
             ``ctx.shared`` (the classification demo's model is the distillation demo's teacher).
         exclusive: the demo needs the whole machine (it runs processes of its own side by side): with
             ``jobs > 1`` it runs alone, before the parallel demos.
+        threads: run the demo on this many torch threads (see :func:`torch_threads`; small models train fastest on
+            one); ``None`` keeps the process's setting.
     """
+    if threads is not None and threads < 1:
+        raise ValueError(f"register_demo({name!r}): threads must be >= 1, got {threads}")
 
     def wrap(fn: Callable[[DemoContext], DemoResult]) -> Callable[[DemoContext], DemoResult]:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"demo {name!r} is registered twice")
-        _REGISTRY[name] = _Demo(name, fn, budget_s, title or name, group, exclusive)
+        _REGISTRY[name] = _Demo(name, fn, budget_s, title or name, group, exclusive, threads)
         return fn
 
     return wrap
@@ -207,7 +218,8 @@ def _run_one(name: str, out_dir: Path, full: bool, shared: dict[str, Any]) -> di
     ctx.out_dir.mkdir(parents=True)
     start = time.perf_counter()
     try:
-        result = demo.fn(ctx)
+        with torch_threads(demo.threads) if demo.threads is not None else nullcontext():
+            result = demo.fn(ctx)
         status = "ok"
     except Exception as err:  # a failing demo must not lose the others' results
         traceback.print_exc()

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tenfold.engine.demo import DemoContext, DemoResult, plot_curves, register_demo, torch_threads
+from tenfold.engine.demo import DemoContext, DemoResult, plot_curves, register_demo
 from tenfold.mim.encoder import GreenSwinConfig
 from tenfold.mim.greenmim import GreenMIMConfig
 
@@ -173,16 +173,9 @@ def reconstruction_figure(tasks: dict[str, Any], data: Any, path: Path, num_imag
     plt.close(fig)
 
 
-@register_demo("greenmim", budget_s=60.0, title="GreenMIM: tiny Swin pre-training on visible patches only")
+@register_demo("greenmim", budget_s=60.0, title="GreenMIM: tiny Swin pre-training on visible patches only", threads=1)
 def greenmim_demo(ctx: DemoContext) -> DemoResult:
     """Pre-train tiny GreenMIMs on smooth built-in images (official and fixed decoder order; the spec's model)."""
-    # the tiny model gains nothing from more threads, and on a loaded 2-core machine OpenMP workers spinning
-    # against other processes made steps up to 15x slower
-    with torch_threads(1):
-        return _run(ctx)
-
-
-def _run(ctx: DemoContext) -> DemoResult:
     from tenfold.engine.quick import quick_fit
 
     started = time.perf_counter()

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tenfold.engine.demo import DemoContext, DemoResult, register_demo, torch_threads
+from tenfold.engine.demo import DemoContext, DemoResult, register_demo
 
 SEEDS = (0, 1, 2)
 NUM_CLASSES = 5  # background + 4 object classes
@@ -117,14 +117,11 @@ def plot_token_masks(image: Any, label: Any, masks: Any, path: str | Path, *, me
     return Path(path)
 
 
-@register_demo("maskd", budget_s=90.0, title="Segmentation KD: CE vs CE + DIST vs CE + MasKD (built-in scenes)")
+@register_demo(
+    "maskd", budget_s=90.0, title="Segmentation KD: CE vs CE + DIST vs CE + MasKD (built-in scenes)", threads=1
+)
 def maskd_demo(ctx: DemoContext) -> DemoResult:
     """Train a teacher, learn MasKD tokens on it, then a student with CE, CE + DIST and CE + MasKD (3 seeds)."""
-    with torch_threads(1):
-        return _run(ctx)
-
-
-def _run(ctx: DemoContext) -> DemoResult:
     import torch
 
     from tenfold.distill import DISTLoss, MasKDSegLoss, dice_coeff

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tenfold.engine.demo import DemoContext, DemoResult, register_demo, torch_threads
+from tenfold.engine.demo import DemoContext, DemoResult, register_demo
 
 SEEDS = (0, 1, 2)
 NUM_CLASSES = 5
@@ -148,14 +148,11 @@ def plot_variance(sigma_right: Any, sigma_wrong: Any, path: str | Path) -> Path:
     return Path(path)
 
 
-@register_demo("prcl", budget_s=75.0, title="Semi-supervised segmentation: supervised vs mean teacher vs PRCL")
+@register_demo(
+    "prcl", budget_s=75.0, title="Semi-supervised segmentation: supervised vs mean teacher vs PRCL", threads=1
+)
 def prcl_demo(ctx: DemoContext) -> DemoResult:
     """Three arms x three seeds, the mIoU table, and the variance on wrong vs right pseudo-labels."""
-    with torch_threads(1):
-        return _run(ctx)
-
-
-def _run(ctx: DemoContext) -> DemoResult:
     import torch
 
     from tenfold.engine.quick import quick_fit
