@@ -66,7 +66,7 @@ def _demo(argv: list[str]) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    from tenfold.bench import bench_markdown, compilable_benches, list_benches, run_bench
+    from tenfold.bench import bench_markdown, compilable_benches, list_benches, official_benches, run_bench
 
     parser = argparse.ArgumentParser(
         prog="tenfold bench",
@@ -82,14 +82,22 @@ def _bench(argv: list[str]) -> int:
         help="also time the models compiled with torch.compile (tenfold.utils.compile.compile_for_inference; "
         "benchmarks marked [--compile] in --list)",
     )
+    parser.add_argument(
+        "--official",
+        metavar="PATH",
+        help="a checkout of the official repository to time side by side on the same weights (never vendored; "
+        "benchmarks marked [--official] in --list); skipped with the reason when it cannot be imported",
+    )
     args = parser.parse_args(argv)
     if args.list or not args.name:
-        compilable = compilable_benches()
+        compilable, official = compilable_benches(), official_benches()
         for name, desc in list_benches().items():
-            print(f"{name:20s} {desc}" + (" [--compile]" if name in compilable else ""))
+            marks = (" [--compile]" if name in compilable else "") + (" [--official]" if name in official else "")
+            print(f"{name:20s} {desc}{marks}")
         return 0
+    result = run_bench(args.name, quick=args.quick, compile=args.compile, official=args.official)
     # markdown: readable in a terminal of any width, and pastes into docs as is
-    print(bench_markdown(args.name, run_bench(args.name, quick=args.quick, compile=args.compile)))
+    print(bench_markdown(args.name, result))
     return 0
 
 

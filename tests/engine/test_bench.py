@@ -169,3 +169,48 @@ def test_seconds_per_step_counts_periodic_costs_and_skips_warmup():
     assert _seconds_per_step(stamps, skip=2) == pytest.approx(6.0 / 4)
     with pytest.raises(ValueError, match="need more than 6 timed steps, got 6"):
         _seconds_per_step(stamps, skip=6)
+
+
+def test_official_option_imports_from_the_given_folder_and_skips_with_the_reason(monkeypatch, tmp_path, capsys):
+    import tenfold.bench as bench
+
+    monkeypatch.setattr(bench, "_REGISTRY", {})
+    monkeypatch.setattr(bench, "BENCH_MODULES", ())
+
+    @bench.register_bench("side", "ours vs official")
+    def side(quick, official=None):
+        rows = [{"impl": "tenfold", "x": 1.0}]
+        if official is not None:
+            mod = bench.import_official(official, "offpkg.model", repo="someone/off", expect=["offpkg/model.py"])
+            rows.append({"impl": "official", "x": mod.VALUE})
+        return rows
+
+    @bench.register_bench("plain", "no official mode")
+    def plain(quick):
+        return [{"x": 0}]
+
+    repo = tmp_path / "off"
+    (repo / "offpkg").mkdir(parents=True)
+    (repo / "offpkg" / "__init__.py").write_text("")
+    (repo / "offpkg" / "model.py").write_text("VALUE = 42.0\n")
+    assert bench.official_benches() == ["side"]
+    rows = bench.run_bench("side", official=repo)
+    assert rows == [{"impl": "tenfold", "x": 1.0}, {"impl": "official", "x": 42.0}]
+    assert str(repo) not in __import__("sys").path  # on sys.path only for the import
+
+    # a folder that is not the repository: the rest still runs, the skip names the missing file
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    result = bench.run_bench("side", official=wrong)
+    assert result[""] == [{"impl": "tenfold", "x": 1.0}]
+    assert result["official comparison"][0]["status"] == "skipped"
+    assert "offpkg/model.py" in result["official comparison"][0]["reason"]
+    result = bench.run_bench("side", official=tmp_path / "absent")
+    assert "no such folder" in result["official comparison"][0]["reason"]
+    with pytest.raises(ValueError, match="'plain' has no official comparison"):
+        bench.run_bench("plain", official=repo)
+    with pytest.raises(bench.OfficialCodeMissing, match="pass --official PATH"):
+        bench.import_official(None, "offpkg.model", repo="someone/off")
+
+    assert main(["bench", "--list"]) == 0
+    assert "side" in capsys.readouterr().out.split("[--official]")[0]
