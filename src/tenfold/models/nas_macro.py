@@ -28,13 +28,10 @@ import torch.nn as nn
 from timm.layers import create_classifier
 from timm.models import (
     build_model_with_cfg,
-    checkpoint_seq,
     generate_default_cfgs,
     register_model,
     resolve_pretrained_cfg,
 )
-from timm.models._features import feature_take_indices  # not re-exported by timm.models
-from torch.utils.checkpoint import checkpoint
 
 from tenfold.models.surface import StemBlocksHeadSurface
 
@@ -155,90 +152,6 @@ class MacroNet(StemBlocksHeadSurface, nn.Module):
         for mod in self.modules():
             if isinstance(mod, nn.Conv2d):
                 nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) -> head feature map (B, num_features, H / 8, W / 8) for the default layers."""
-        x = self.stem(x)
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return self.head_conv(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool and classify a feature map (B, num_features, h, w) -> logits (B, num_classes)."""
-        x = self.global_pool(x)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) -> logits (B, num_classes)."""
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Forward that also returns the feature maps listed in ``feature_info`` (stem, then each searchable layer).
-
-        Args:
-            x: images (B, in_chans, H, W).
-            indices: take the last n maps if an int, all if None, else the listed indices (0 = stem).
-            norm: accepted for timm's signature; the network has no final norm to apply.
-            stop_early: stop after the last requested map (the returned final features are then that map).
-            output_fmt: only ``"NCHW"``.
-            intermediates_only: return only the list of maps.
-
-        Returns:
-            The list of maps, or ``(final features, list of maps)``; the final features are those of
-            :meth:`forward_features` (after the head convolution) unless ``stop_early`` cut the forward short.
-        """
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        blocks = list(self.blocks)
-        if stop_early:
-            blocks = blocks[:max_index]
-        intermediates = []
-        x = self.stem(x)
-        if 0 in take_indices:
-            intermediates.append(x)
-        for idx, block in enumerate(blocks, start=1):
-            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-            if idx in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        if not stop_early or max_index == len(self.blocks):
-            x = self.head_conv(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the layers after the last of ``indices`` (and the head), for a features-only network.
-
-        Args:
-            indices: the feature maps to keep, as in :meth:`forward_intermediates`.
-            prune_norm: accepted for timm's signature (there is no final norm).
-            prune_head: also drop the head convolution and the classifier.
-
-        Returns:
-            The indices of the maps that :meth:`forward_intermediates` still returns.
-        """
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        self.blocks = self.blocks[:max_index]
-        if prune_head:
-            self.head_conv = nn.Identity()
-            self.reset_classifier(0, "")
-        return take_indices
 
 
 def _create_macro_net(variant: str, pretrained: bool = False, **kwargs: Any) -> MacroNet:

@@ -37,8 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
-from timm.models._features import feature_take_indices  # not re-exported by timm.models
-from torch.utils.checkpoint import checkpoint
+
+from tenfold.models.surface import StagedSurface
 
 __all__ = ["CifarResNet", "CifarWideResNet", "checkpoint_filter_fn"]
 
@@ -138,13 +138,14 @@ class WideResNetStage(nn.Module):
         return self.layer(x)
 
 
-class _CifarNet(nn.Module):
+class _CifarNet(StagedSurface, nn.Module):
     """The timm surface shared by both families; subclasses build the trunk and define ``_stages()``."""
 
     num_features: int
     feature_info: list[dict[str, Any]]
     avgpool: nn.Module
     fc: nn.Module
+    pool_attr = "avgpool"
 
     def _init_head(self, num_features: int, num_classes: int, global_pool: str) -> None:
         self.num_classes = num_classes
@@ -159,105 +160,16 @@ class _CifarNet(nn.Module):
     def _stages(self) -> list[nn.Module]:
         raise NotImplementedError
 
-    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+    def _head_features(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # the final norm (WRN: relu(bn1(.))); none in the ResNets
 
-    def _run(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            return checkpoint(stage, x, use_reentrant=False)
-        return stage(x)
+    def _norm_last_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self._head_features(x)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Regexes grouping parameters into stem, per-stage (or per-block) and head, for layer-wise decay."""
         raise NotImplementedError
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each stage in the backward pass instead of storing its activations (non-reentrant)."""
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names exempt from weight decay: none (the reference decays every parameter)."""
-        return set()
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        """The linear classifier ``fc``."""
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the classifier by a new one with ``num_classes`` outputs (0: no classifier).
-
-        Args:
-            num_classes: number of outputs; 0 makes :meth:`forward` return pooled features (B, num_features).
-            global_pool: ``"avg"`` or ``""`` (no pooling, only with ``num_classes=0``); ``None`` keeps the
-                current one.
-        """
-        self.num_classes = num_classes
-        pool = self.avgpool.pool_type if global_pool is None else global_pool
-        self.avgpool, self.fc = create_classifier(self.num_features, num_classes, pool_type=pool)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, in_chans, H, W) -> last feature map (B, num_features, H / 4, W / 4), before pooling."""
-        x = self._stem(x)
-        for stage in self._stages():
-            x = self._run(stage, x)
-        return self._final_norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Feature map (B, num_features, h, w) -> logits (B, num_classes), or pooled (B, num_features)."""
-        x = self.avgpool(x)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, in_chans, H, W) -> logits (B, num_classes)."""
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Forward that also returns the feature maps listed in ``feature_info`` (stem, then three stages).
-
-        Args:
-            x: images (B, in_chans, H, W).
-            indices: take the last n maps if an int, all if None, else the listed indices (0 = stem).
-            norm: apply the final norm (WRN: ``relu(bn1(.))``; a no-op for the ResNets) to the last map taken
-                when it is the last stage.
-            stop_early: stop after the last requested map (the returned final features are then that map).
-            output_fmt: only ``"NCHW"``.
-            intermediates_only: return only the list of maps.
-
-        Returns:
-            The list of maps, or ``(final features, list of maps)``.
-        """
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        stages = self._stages()
-        last = len(stages)
-        if stop_early:
-            stages = stages[:max_index]
-        intermediates = []
-        x = self._stem(x)
-        if 0 in take_indices:
-            intermediates.append(x)
-        for idx, stage in enumerate(stages, start=1):
-            x = self._run(stage, x)
-            if idx in take_indices:
-                intermediates.append(self._final_norm(x) if norm and idx == last else x)
-        if intermediates_only:
-            return intermediates
-        if len(stages) == last:
-            x = self._final_norm(x)
-        return x, intermediates
 
 
 class CifarResNet(_CifarNet):
@@ -371,7 +283,7 @@ class CifarWideResNet(_CifarNet):
     def _stages(self) -> list[nn.Module]:
         return [self.block1, self.block2, self.block3]
 
-    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+    def _head_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn1(x))
 
     @torch.jit.ignore

@@ -34,8 +34,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
-from timm.models._features import feature_take_indices  # not re-exported by timm.models
-from torch.utils.checkpoint import checkpoint
 
 from tenfold.models.surface import StemBlocksHeadSurface
 
@@ -200,79 +198,6 @@ class ScaleNetModel(StemBlocksHeadSurface, nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 nn.init.zeros_(m.bias)
-
-    def _run(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            return checkpoint(stage, x, use_reentrant=False)
-        return stage(x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> head feature map (B, num_features, H / 32, W / 32) in the paper layout."""
-        x = self.stem(x)
-        for stage in self.blocks:
-            x = self._run(stage, x)
-        return self.head_conv(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool and classify a feature map -> logits (B, num_classes), or pooled features with ``pre_logits``."""
-        x = self.global_pool(x)
-        if self.drop_rate > 0.0:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W), ideally at :attr:`resolution` -> logits (B, num_classes)."""
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Forward that also returns the maps listed in ``feature_info`` (stem, then the end of every stage).
-
-        Args:
-            x: images (B, in_chans, H, W).
-            indices: take the last n maps if an int, all if None, else the listed indices (0 = stem).
-            norm: accepted for timm's signature; there is no final norm.
-            stop_early: stop after the last requested map.
-            output_fmt: only ``"NCHW"``.
-            intermediates_only: return only the list of maps.
-
-        Returns:
-            The list of maps, or ``(final features, list of maps)`` (final = :meth:`forward_features` unless
-            ``stop_early`` cut the forward short).
-        """
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        stages = list(self.blocks)[:max_index] if stop_early else list(self.blocks)
-        x = self.stem(x)
-        intermediates = [x] if 0 in take_indices else []
-        for idx, stage in enumerate(stages, start=1):
-            x = self._run(stage, x)
-            if idx in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        if not stop_early or max_index == len(self.blocks):
-            x = self.head_conv(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the stages after the last of ``indices`` (and the head), for a features-only network."""
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        self.blocks = self.blocks[:max_index]
-        if prune_head:
-            self.head_conv = nn.Identity()
-            self.reset_classifier(0, "")
-        return take_indices
 
 
 def _create_scalenet(variant: str, layout: dict[str, Any], pretrained: bool = False, **kwargs: Any) -> ScaleNetModel:
