@@ -14,7 +14,62 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
 
-__all__ = ["GreenSwinBlock", "GroupWindowAttention"]
+from tenfold.mim.grouping import Grouping
+
+__all__ = ["GreenSwinBlock", "GroupWindowAttention", "gelu_mlp_recompute"]
+
+
+class _GeluMlp(torch.autograd.Function):
+    """``fc2(gelu(fc1(x)))`` that keeps x and fc1's output for backward and recomputes the GELU there."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None) -> Tensor:  # noqa: D102
+        h = F.linear(x, w1, b1)
+        ctx.save_for_backward(x, h, w1, w2)
+        ctx.has_bias = (b1 is not None, b2 is not None)
+        return F.linear(F.gelu(h), w2, b2)
+
+    @staticmethod
+    def backward(ctx, gy: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
+        x, h, w1, w2 = ctx.saved_tensors
+        gy2 = gy.reshape(-1, gy.shape[-1])
+        a = F.gelu(h).reshape(-1, h.shape[-1])
+        gw2 = gy2.t().mm(a) if ctx.needs_input_grad[3] else None
+        gb2 = gy2.sum(0) if ctx.has_bias[1] and ctx.needs_input_grad[4] else None
+        del a
+        gh = torch.ops.aten.gelu_backward(gy2.mm(w2), h.reshape(-1, h.shape[-1]))
+        x2 = x.reshape(-1, x.shape[-1])
+        gw1 = gh.t().mm(x2) if ctx.needs_input_grad[1] else None
+        gb1 = gh.sum(0) if ctx.has_bias[0] and ctx.needs_input_grad[2] else None
+        gx = gh.mm(w1).view(x.shape) if ctx.needs_input_grad[0] else None
+        return gx, gw1, gb1, gw2, gb2
+
+
+def gelu_mlp_recompute(mlp: Mlp, x: Tensor) -> Tensor:
+    """Run timm's ``Mlp`` (fc1, exact GELU, fc2) on x, saving less for backward: the GELU output is recomputed.
+
+    The forward is the module's own computation (same operations, same result); the backward recomputes
+    ``gelu(fc1(x))`` from the saved fc1 output instead of keeping it, which removes 4C of the about 16C floats a
+    Swin block keeps per token. Modules with active dropout, another activation or a hidden norm run unchanged.
+    Double backward is not supported on the recomputing path.
+
+    Args:
+        mlp: a timm ``Mlp`` (``fc1``, ``act``, ``drop1``, ``norm``, ``fc2``, ``drop2``).
+        x: (..., C) input.
+
+    Returns:
+        (..., C_out).
+    """
+    plain = (
+        not isinstance(mlp.act, nn.GELU)
+        or mlp.act.approximate != "none"
+        or not isinstance(mlp.norm, nn.Identity)
+        or (mlp.training and (mlp.drop1.p > 0 or mlp.drop2.p > 0))
+        or not torch.is_grad_enabled()
+    )
+    if plain:
+        return mlp(x)
+    return _GeluMlp.apply(x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias)
 
 
 class GroupWindowAttention(nn.Module):
@@ -61,7 +116,7 @@ class GroupWindowAttention(nn.Module):
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def forward(self, x: Tensor, attn_mask: Tensor, rel_pos_idx: Tensor) -> Tensor:
-        """Attend within windows.
+        """Attend within windows, the official way: the -100 additive mask on grouped tokens.
 
         Args:
             x: (R*nG, g, C) grouped tokens (R rows sharing the grouping).
@@ -71,12 +126,49 @@ class GroupWindowAttention(nn.Module):
         Returns:
             (R*nG, g, C).
         """
-        bn, n, c = x.shape
-        ng, h = attn_mask.shape[0], self.num_heads
-        qkv = self.qkv(x).reshape(bn, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (R*nG, h, g, d)
         bias = self.relative_position_bias_table[rel_pos_idx].permute(0, 3, 1, 2)  # (nG, h, g, g)
         bias = torch.where(attn_mask.unsqueeze(1) < 0, attn_mask.unsqueeze(1), bias)
+        return self.proj_drop(self.proj(self._attend(self.qkv(x), bias)))
+
+    def forward_tokens(self, x: Tensor, grouping: Grouping, exact_mask: bool = False) -> Tensor:
+        """Attend within windows, from and to the token layout: (B, N, C) -> (B, N, C).
+
+        The projections run on the N real tokens only; only q, k, v are gathered into groups (padding slots copy
+        token 0's, as the official padding copies token 0's features), and only the attention output is merged
+        back. The result is the official one: ``merge(forward(group(x)))``.
+
+        Args:
+            x: (B, N, C) tokens in the grouping's order (raster order of the visible positions).
+            grouping: the stage's :class:`~tenfold.mim.grouping.Grouping` for this block's partition.
+            exact_mask: True: the official additive -100 mask (masked pairs keep softmax weights of about
+                e^-100, denormal floats that make CPU matmuls many times slower); False: masked pairs get weight
+                exactly 0 and padding slots attend to themselves only (their outputs are dropped). The two agree
+                to float rounding unless a masked logit exceeds its row's largest allowed one by about 80.
+
+        Returns:
+            (B, N, C).
+        """
+        b = x.shape[0]
+        if not exact_mask and grouping.bias_index is None:
+            raise ValueError("grouping has no bias_index (build it with build_grouping), or pass exact_mask=True")
+        if exact_mask:
+            bias = self.relative_position_bias_table[grouping.rel_pos_idx].permute(0, 3, 1, 2)
+            mask = grouping.attn_mask.unsqueeze(1)
+            bias = torch.where(mask < 0, mask, bias)
+        else:
+            blocked = self.relative_position_bias_table.new_full((1, self.num_heads), float("-inf"))
+            table = torch.cat((self.relative_position_bias_table, blocked))
+            bias = table[grouping.bias_index].permute(0, 3, 1, 2)  # (nG, h, g, g), -inf where blocked
+        out = grouping.merge(self._attend(grouping.group(self.qkv(x)), bias), b)
+        return self.proj_drop(self.proj(out))
+
+    def _attend(self, qkv: Tensor, bias: Tensor) -> Tensor:
+        """Softmax attention of grouped (R*nG, g, 3C) q, k, v with the additive (nG, h, g, g) bias: (R*nG, g, C)."""
+        bn, n, c3 = qkv.shape
+        ng, h = bias.shape[0], self.num_heads
+        c = c3 // 3
+        qkv = qkv.reshape(bn, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (R*nG, h, g, d)
         rows = bn // ng
         if self.fused_attn:
             q, k, v = (t.reshape(rows, ng * h, n, -1) for t in (q, k, v))
@@ -88,15 +180,15 @@ class GroupWindowAttention(nn.Module):
             attn = attn.view(rows, ng, h, n, n) + bias.unsqueeze(0)
             attn = self.attn_drop(attn.softmax(dim=-1))
             out = attn.view(bn, h, n, n) @ v
-        out = out.reshape(bn, h, n, -1).transpose(1, 2).reshape(bn, n, c)
-        return self.proj_drop(self.proj(out))
+        return out.reshape(bn, h, n, -1).transpose(1, 2).reshape(bn, n, c)
 
 
 class GreenSwinBlock(nn.Module):
     """Pre-norm Swin block on grouped tokens: ``x + DropPath(Attn(LN(x)))``, then ``x + DropPath(MLP(LN(x)))``.
 
     Same parameters as Swin's block; it differs only in taking the grouping's mask and index instead of rolling and
-    partitioning a dense map.
+    partitioning a dense map. ``recompute_gelu`` (used by :meth:`forward_tokens`): the MLP keeps no GELU output for
+    backward (:func:`gelu_mlp_recompute`; same outputs and gradients, less activation memory).
     """
 
     def __init__(
@@ -111,8 +203,10 @@ class GreenSwinBlock(nn.Module):
         drop_path: float = 0.0,
         norm_layer: type[nn.Module] | partial = nn.LayerNorm,
         fused_attn: bool = True,
+        recompute_gelu: bool = True,
     ) -> None:
         super().__init__()
+        self.recompute_gelu = recompute_gelu
         self.norm1 = norm_layer(dim)
         self.attn = GroupWindowAttention(dim, num_heads, window_size, qkv_bias, attn_drop, drop, fused_attn)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -120,6 +214,17 @@ class GreenSwinBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
     def forward(self, x: Tensor, attn_mask: Tensor, rel_pos_idx: Tensor) -> Tensor:
-        """(R*nG, g, C) -> (R*nG, g, C)."""
+        """(R*nG, g, C) -> (R*nG, g, C): the official layout, every slot (padding too) through the whole block."""
         x = x + self.drop_path(self.attn(self.norm1(x), attn_mask, rel_pos_idx))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward_tokens(self, x: Tensor, grouping: Grouping, exact_mask: bool = False) -> Tensor:
+        """(B, N, C) -> (B, N, C): norms, projections and MLP on the real tokens, only attention in groups.
+
+        Equal to ``grouping.merge(forward(grouping.group(x), ...))`` (per-token layers do not see the padding,
+        whose outputs the official code drops); ``exact_mask`` as in :meth:`GroupWindowAttention.forward_tokens`.
+        """
+        x = x + self.drop_path(self.attn.forward_tokens(self.norm1(x), grouping, exact_mask))
+        if self.recompute_gelu:
+            return x + self.drop_path(gelu_mlp_recompute(self.mlp, self.norm2(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))

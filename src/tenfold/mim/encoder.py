@@ -44,6 +44,13 @@ class GreenSwinConfig:
         group_size_rule: ``min_feasible`` (official) or ``search`` (the paper's optimal grouping), see
             :func:`tenfold.mim.grouping.choose_group_size`.
         fused_attn: scaled-dot-product attention kernel instead of the explicit softmax.
+        exact_mask: the official additive -100 mask between windows. False (default): blocked pairs get softmax
+            weight exactly 0 instead of about e^-100; the official weights are denormal floats, which make CPU
+            matmuls up to 50x slower, and they change no float32 (or float64) result unless a blocked logit
+            exceeds its row's largest allowed one by about 80 (tested against the exact path to 1e-5).
+        recompute_gelu: the blocks' MLPs keep no GELU output for backward and recompute it (same outputs and
+            gradients, about a quarter less activation memory, see
+            :func:`tenfold.mim.attention.gelu_mlp_recompute`).
     """
 
     img_size: int = 224
@@ -61,6 +68,8 @@ class GreenSwinConfig:
     norm_eps: float = 1e-6
     group_size_rule: GroupSizeRule = "min_feasible"
     fused_attn: bool = True
+    exact_mask: bool = False
+    recompute_gelu: bool = True
 
     def __post_init__(self) -> None:
         # lists from YAML or Python become tuples, so that configs compare and print alike
@@ -157,9 +166,12 @@ class GreenSwinStage(nn.Module):
         downsample: bool = True,
         group_size_rule: GroupSizeRule = "min_feasible",
         fused_attn: bool = True,
+        exact_mask: bool = False,
+        recompute_gelu: bool = True,
     ) -> None:
         super().__init__()
         self.resolution = resolution
+        self.exact_mask = exact_mask
         if min(resolution) <= window_size:
             self.window_size, self.shift_size = min(resolution), 0
         else:
@@ -168,7 +180,17 @@ class GreenSwinStage(nn.Module):
         dp = list(drop_path) or [0.0] * depth
         self.blocks = nn.ModuleList(
             GreenSwinBlock(
-                dim, num_heads, self.window_size, mlp_ratio, qkv_bias, drop, attn_drop, dp[i], norm_layer, fused_attn
+                dim,
+                num_heads,
+                self.window_size,
+                mlp_ratio,
+                qkv_bias,
+                drop,
+                attn_drop,
+                dp[i],
+                norm_layer,
+                fused_attn,
+                recompute_gelu,
             )
             for i in range(depth)
         )
@@ -185,10 +207,8 @@ class GreenSwinStage(nn.Module):
         """(B, N, C) visible tokens and (S, H*W) visibility -> merged tokens and the next visibility."""
         coords = _visible_coords(visible, self.resolution)
         groupings = self.groupings(coords)
-        b = x.shape[0]
         for i, blk in enumerate(self.blocks):
-            grp = groupings[i % 2]
-            x = grp.merge(blk(grp.group(x), grp.attn_mask, grp.rel_pos_idx), b)
+            x = blk.forward_tokens(x, groupings[i % 2], self.exact_mask)
         if self.downsample is not None:
             x, visible = self.downsample(x, visible, self.resolution)
         return x, visible
@@ -266,6 +286,8 @@ class GreenSwin(nn.Module):
                     downsample=i < self.num_layers - 1,
                     group_size_rule=config.group_size_rule,
                     fused_attn=config.fused_attn,
+                    exact_mask=config.exact_mask,
+                    recompute_gelu=config.recompute_gelu,
                 )
             )
         self.norm = norm_layer(self.num_features)

@@ -180,16 +180,22 @@ def _rel_pos_index(coords: Tensor, window_size: int) -> Tensor:
     return d[..., 0] * (2 * window_size - 1) + d[..., 1]
 
 
-def _attention_inputs(gid: Tensor, coords: Tensor, window_size: int) -> tuple[Tensor, Tensor]:
-    """Additive mask and relative-position index of slots with window ids ``gid`` (-1 = padding).
+def _attention_inputs(gid: Tensor, coords: Tensor, window_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Additive mask, relative-position index and blocked-bias index of slots with window ids ``gid`` (-1 = padding).
 
-    The mask is 0 within a window and -100 elsewhere and between padding slots; the index is 0 where masked.
+    The mask is 0 within a window and -100 elsewhere and between padding slots; the index is 0 where masked. The
+    third is the index into the bias table extended by one blocked row ``(2 ws - 1)^2``: the relative index within
+    a window, the blocked row elsewhere, and 0 on the diagonal of padding slots (so that no row is fully blocked).
     Shapes (G, g, g) from ``gid`` (G, g) and ``coords`` (G, g, 2).
     """
     same = (gid[:, :, None] == gid[:, None, :]) & (gid[:, :, None] >= 0)
     attn_mask = torch.zeros(same.shape, dtype=torch.float32, device=gid.device).masked_fill_(~same, MASK_VALUE)
     rel = _rel_pos_index(coords, window_size).masked_fill_(~same, 0)
-    return attn_mask, rel
+    bias_index = rel.masked_fill(~same, (2 * window_size - 1) ** 2)
+    pad = gid < 0
+    if bool(pad.any()):
+        bias_index.diagonal(dim1=1, dim2=2).masked_fill_(pad, 0)
+    return attn_mask, rel, bias_index
 
 
 @dataclass
@@ -213,6 +219,9 @@ class Grouping:
         window_index: (num non-empty windows) window ids (sample * num_windows + r' * nWc + c').
         tokens_per_group: real tokens per group.
         windows_per_group: indices into ``window_counts`` of each group's windows.
+        bias_index: (nG, g, g) long index into the bias table extended by one blocked row ``(2 ws - 1)^2``
+            (where ``attn_mask`` is -100; padding slots keep their diagonal at 0), for attention that gives
+            blocked pairs exactly zero weight. Built once per stage and mask, shared by the stage's blocks.
     """
 
     mode: Literal["grouping", "masking"]
@@ -226,6 +235,7 @@ class Grouping:
     window_index: list[int] = field(default_factory=list)
     tokens_per_group: list[int] = field(default_factory=list)
     windows_per_group: list[list[int]] = field(default_factory=list)
+    bias_index: Tensor | None = None
 
     @property
     def num_groups(self) -> int:
@@ -277,8 +287,8 @@ def build_grouping(
     wid = window_ids(coords, grid, window_size, shift)  # (S, N)
     wid = wid + torch.arange(s, device=device)[:, None] * _num_windows(grid, window_size, shift)
     if mode == "masking":
-        attn_mask, rel = _attention_inputs(wid, coords, window_size)
-        return Grouping("masking", n, attn_mask, rel, per_sample=s > 1)
+        attn_mask, rel, bias_index = _attention_inputs(wid, coords, window_size)
+        return Grouping("masking", n, attn_mask, rel, per_sample=s > 1, bias_index=bias_index)
 
     flat_wid = wid.reshape(-1)
     order = torch.argsort(flat_wid, stable=True)  # tokens of a window stay in raster order
@@ -310,7 +320,7 @@ def build_grouping(
     slot_gid[slot] = sorted_wid
     idx_shuffle.clamp_(min=0)  # padding slots copy token 0 (masked, then dropped by merge)
     slot_coords = coords.reshape(-1, 2)[idx_shuffle].view(len(groups), g, 2)
-    attn_mask, rel = _attention_inputs(slot_gid.view(len(groups), g), slot_coords, window_size)
+    attn_mask, rel, bias_index = _attention_inputs(slot_gid.view(len(groups), g), slot_coords, window_size)
     return Grouping(
         "grouping",
         g,
@@ -323,4 +333,5 @@ def build_grouping(
         window_index=win_index.tolist(),
         tokens_per_group=sizes,
         windows_per_group=groups,
+        bias_index=bias_index,
     )
