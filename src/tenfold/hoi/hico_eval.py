@@ -8,7 +8,8 @@ at most once and average an 11-point interpolated precision over the classes. Th
   detections of all images are ranked together; each takes the GT pair of its image with the largest
   ``min(IoU_h, IoU_o)`` (+1 pixel IoU, first index on ties); TP if that value is ``>= 0.5`` and that GT is still
   free, else FP (an already-taken best GT makes an FP even if another free GT overlaps). Known-object setting: only
-  detections in images whose image-level labels contain the object. :func:`matlab_evaluate`.
+  detections in images whose image-level labels contain the object. :func:`matlab_evaluate`; the GT rows and
+  training counts of ``anno_bbox.mat``-style entries: :func:`matlab_gt_rows`, :func:`matlab_train_counts`.
 * **UPT / pocket** (fredzzhang/upt ``utils.py`` ``test_hico`` with fredzzhang/pocket ``BoxPairAssociation`` and
   ``DetectionAPMeter(algorithm='11P')``, commits 1927430 / bff2870): per image and class each detection is assigned
   to the GT with the highest min-IoU (torchvision IoU, no +1); a match needs ``> 0.5`` (strict); of the detections
@@ -20,7 +21,7 @@ at most once and average an 11-point interpolated precision over the classes. Th
 
 The matching of each convention reduces to "best GT per detection, then the first detection in rank order per
 GT", which is computed for all images and classes at once with sorting and segment reductions: no Python loop over
-detections (9,658 images x 600 classes take about a second, ``benchmarks/bench_hico_eval.py``).
+detections (9,658 images x 600 classes take 2-3 s, ``benchmarks/bench_hico_eval.py``).
 
 Ties in score: every function here breaks them by input position (stable sort). The official codes use stable
 sorts where noted (Matlab ``sort``, Python ``list.sort``) and numpy/torch unstable sorts elsewhere (QPIC's
@@ -211,6 +212,47 @@ def _class_ap(
     return ap, max_rec
 
 
+def _flat_best_gt(
+    det_image: np.ndarray,
+    det_class: np.ndarray,
+    det_boxes: np.ndarray,
+    gt_image: np.ndarray,
+    gt_class: np.ndarray,
+    gt_boxes: np.ndarray,
+    convention: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per detection, the GT row of its image and class with the largest ``min(IoU_h, IoU_o)`` (first on ties).
+
+    Returns:
+        best_ov: (D,) that overlap (``-inf`` without GT of the image and class).
+        group: (D,) index of that GT row (-1 without GT).
+    """
+    n_img_key = int(max(det_image.max(initial=0), gt_image.max(initial=0))) + 1
+    di, gi, counts = _pairs_by_key(det_class * n_img_key + det_image, gt_class * n_img_key + gt_image)
+    ov = np.minimum(
+        _iou_aligned(det_boxes[di, :4], gt_boxes[gi, :4], convention),
+        _iou_aligned(det_boxes[di, 4:], gt_boxes[gi, 4:], convention),
+    )
+    best_ov, best = _best_pair(ov, counts)
+    return best_ov, np.where(best >= 0, gi[np.maximum(best, 0)], -1)
+
+
+def _metrics(
+    cls: np.ndarray,
+    score: np.ndarray,
+    tp: np.ndarray,
+    tiebreak: np.ndarray,
+    npos: np.ndarray,
+    thresholds: np.ndarray,
+    classes: np.ndarray,
+    rare: np.ndarray,
+    non_rare: np.ndarray,
+) -> HOIMetrics:
+    """Rank, accumulate and average each class (:func:`_class_ap`) and assemble the :class:`HOIMetrics`."""
+    ap, max_rec = _class_ap(cls, score, tp, tiebreak, npos, thresholds)
+    return HOIMetrics(ap, max_rec, classes, rare, non_rare)
+
+
 def _flat_inputs(
     det_image: np.ndarray,
     det_class: np.ndarray,
@@ -304,7 +346,8 @@ def matlab_evaluate(
         rare_threshold: training-count limit of the rare classes.
 
     Returns:
-        :class:`HOIMetrics` over the ``num_classes`` classes.
+        :class:`HOIMetrics` over the ``num_classes`` classes. ``max_recall`` is 0 for a class without GT (Matlab's
+        ``REC`` is 0/0 = NaN there when the class has detections); AP is 0 in both.
 
     Raises:
         ValueError: on inconsistent array shapes, class ids out of range, or (Known-Object) a GT pair in an image
@@ -340,23 +383,95 @@ def matlab_evaluate(
         keep = present[class_object[det_class], det_image]
         det_image, det_class, det_boxes = det_image[keep], det_class[keep], det_boxes[keep]
         det_scores, position = det_scores[keep], position[keep]
-    n_img_key = int(max(det_image.max(initial=0), gt_image.max(initial=0))) + 1
-    di, gi, counts = _pairs_by_key(det_class * n_img_key + det_image, gt_class * n_img_key + gt_image)
-    ov = np.minimum(
-        _iou_aligned(det_boxes[di, :4], gt_boxes[gi, :4], "matlab"),
-        _iou_aligned(det_boxes[di, 4:], gt_boxes[gi, 4:], "matlab"),
-    )
-    best_ov, best = _best_pair(ov, counts)
-    group = np.where(best >= 0, gi[np.maximum(best, 0)], -1)
+    best_ov, group = _flat_best_gt(det_image, det_class, det_boxes, gt_image, gt_class, gt_boxes, "matlab")
     order = np.lexsort((position, det_image, -det_scores, det_class))
     tp = _first_in_group(group, best_ov >= min_overlap, order)
     npos = np.bincount(gt_class, minlength=num_classes)
     # Matlab concatenates each class's detections image by image before its stable sort
     tiebreak = np.empty(len(position), dtype=np.int64)
     tiebreak[np.lexsort((position, det_image))] = np.arange(len(position))
-    ap, max_rec = _class_ap(det_class, det_scores, tp, tiebreak, npos, LINSPACE_THRESHOLDS)
     rare, non_rare = _rare_masks(train_counts, num_classes, rare_threshold)
-    return HOIMetrics(ap, max_rec, np.arange(num_classes), rare, non_rare)
+    return _metrics(
+        det_class, det_scores, tp, tiebreak, npos, LINSPACE_THRESHOLDS, np.arange(num_classes), rare, non_rare
+    )
+
+
+def _mat_box(b: object) -> list[float]:
+    """A box of ``anno_bbox.mat`` as [x1, y1, x2, y2]: a mapping with those keys or a 4-sequence."""
+    if isinstance(b, Mapping):
+        return [float(b[k]) for k in ("x1", "y1", "x2", "y2")]
+    v = [float(x) for x in b]  # type: ignore[union-attr]
+    if len(v) != 4:
+        raise ValueError(f"a box must have 4 coordinates, got {b!r}")
+    return v
+
+
+def matlab_gt_rows(
+    images: Sequence[Sequence[Mapping]], num_classes: int = 600
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat GT rows for :func:`matlab_evaluate` from ``anno_bbox.mat``-style entries, as ``eval_one.m`` builds them.
+
+    Each image is a list of HOI entries ``{"id": 1-based HOI id, "bboxhuman": [box], "bboxobject": [box],
+    "connection": [[h, o], ...] (1-based), "invis": 0/1}`` (boxes as ``{"x1", "y1", "x2", "y2"}`` or 4-sequences).
+    Invisible entries are skipped; one row per ``connection`` row (duplicated rows stay duplicated); when an image
+    has two entries with the same id, the later one replaces the earlier (``gt_all{hoi_id, i} = boxes``).
+
+    Args:
+        images: the entries of each image (``bbox_test(i).hoi``).
+        num_classes: number of HOI classes.
+
+    Returns:
+        ``(gt_image, gt_class, gt_boxes)``: (G,), (G,) zero-based class, (G, 8) one-based pixel boxes.
+
+    Raises:
+        ValueError: naming the image and entry with an id out of range or a connection outside its boxes.
+    """
+    img, cls, boxes = [], [], []
+    for i, entries in enumerate(images):
+        by_id: dict[int, np.ndarray] = {}
+        for j, e in enumerate(entries):
+            if e.get("invis", 0):
+                continue
+            hid = int(e["id"])
+            if not 1 <= hid <= num_classes:
+                raise ValueError(f"image {i}, entry {j}: HOI id {hid} outside 1..{num_classes}")
+            bh = [_mat_box(b) for b in e["bboxhuman"]]
+            bo = [_mat_box(b) for b in e["bboxobject"]]
+            rows = []
+            for h, o in np.asarray(e["connection"], dtype=np.int64).reshape(-1, 2):
+                if not (1 <= h <= len(bh) and 1 <= o <= len(bo)):
+                    raise ValueError(f"image {i}, entry {j}: connection ({h}, {o}) outside its boxes")
+                rows.append(bh[h - 1] + bo[o - 1])
+            by_id.pop(hid, None)  # a repeated id replaces the earlier entry
+            by_id[hid] = np.array(rows, dtype=np.float64).reshape(-1, 8)
+        for hid in sorted(by_id):
+            b = by_id[hid]
+            img.append(np.full(len(b), i))
+            cls.append(np.full(len(b), hid - 1))
+            boxes.append(b)
+    if not img:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 8))
+    return np.concatenate(img).astype(np.int64), np.concatenate(cls).astype(np.int64), np.concatenate(boxes)
+
+
+def matlab_train_counts(images: Sequence[Sequence[Mapping]], num_classes: int = 600) -> np.ndarray:
+    """(num_classes,) training instances per class as ``eval_one.m`` counts them (rare = ``< 10``).
+
+    Every visible entry adds its number of ``connection`` rows (repeated ids and duplicated rows included).
+
+    Raises:
+        ValueError: on an id out of range.
+    """
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for i, entries in enumerate(images):
+        for j, e in enumerate(entries):
+            if e.get("invis", 0):
+                continue
+            hid = int(e["id"])
+            if not 1 <= hid <= num_classes:
+                raise ValueError(f"image {i}, entry {j}: HOI id {hid} outside 1..{num_classes}")
+            counts[hid - 1] += len(np.asarray(e["connection"]).reshape(-1, 2))
+    return counts
 
 
 def upt_evaluate(
@@ -406,14 +521,7 @@ def upt_evaluate(
     det_image, det_class, det_boxes, det_scores, gt_image, gt_class, gt_boxes = _flat_inputs(
         det_image, det_class, det_boxes, det_scores, gt_image, gt_class, gt_boxes, num_classes
     )
-    n_img_key = int(max(det_image.max(initial=0), gt_image.max(initial=0))) + 1
-    di, gi, counts = _pairs_by_key(det_class * n_img_key + det_image, gt_class * n_img_key + gt_image)
-    ov = np.minimum(
-        _iou_aligned(det_boxes[di, :4], gt_boxes[gi, :4], "torchvision"),
-        _iou_aligned(det_boxes[di, 4:], gt_boxes[gi, 4:], "torchvision"),
-    )
-    best_ov, best = _best_pair(ov, counts)
-    group = np.where(best >= 0, gi[np.maximum(best, 0)], -1)
+    best_ov, group = _flat_best_gt(det_image, det_class, det_boxes, gt_image, gt_class, gt_boxes, "torchvision")
     position = np.arange(len(det_image))
     tp = _first_in_group(group, best_ov > min_iou, np.lexsort((position, -det_scores)))
     npos = np.bincount(gt_class, minlength=num_classes) if num_gt is None else np.asarray(num_gt, dtype=np.float64)
@@ -423,9 +531,10 @@ def upt_evaluate(
     if (n_tp > npos).any():
         bad = np.flatnonzero(n_tp > npos).tolist()
         raise ValueError(f"classes {bad}: more true positives than num_gt")
-    ap, max_rec = _class_ap(det_class, det_scores, tp, position, npos, LINSPACE_THRESHOLDS)
     rare, non_rare = _rare_masks(train_counts, num_classes, rare_threshold)
-    return HOIMetrics(ap, max_rec, np.arange(num_classes), rare, non_rare)
+    return _metrics(
+        det_class, det_scores, tp, position, npos, LINSPACE_THRESHOLDS, np.arange(num_classes), rare, non_rare
+    )
 
 
 def _triplet_nms(
@@ -621,7 +730,6 @@ def qpic_evaluate(
     best_ov, best = _best_pair(ov, counts)
     group = np.where(best >= 0, canonical[gi[np.maximum(best, 0)]], -1)
     tp = _first_in_group(group, best_ov >= 0, np.lexsort((pos, -score, img)))
-    ap, max_rec = _class_ap(t_idx, score, tp, img * (len(pos) + 1) + pos, npos, ARANGE_THRESHOLDS)
 
     labels_of = np.stack([trip_codes // n_verb // n_lab, trip_codes // n_verb % n_lab, trip_codes % n_verb], axis=1)
     trips = [tuple(int(x) for x in t) for t in labels_of]
@@ -630,4 +738,4 @@ def qpic_evaluate(
         non_rare = ~rare
     else:
         non_rare = np.array([t in non_rare_triplets and t not in rare_triplets for t in trips], dtype=bool)
-    return HOIMetrics(ap, max_rec, labels_of, rare, non_rare)
+    return _metrics(t_idx, score, tp, img * (len(pos) + 1) + pos, npos, ARANGE_THRESHOLDS, labels_of, rare, non_rare)
