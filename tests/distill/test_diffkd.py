@@ -480,3 +480,98 @@ def test_short_training_run_reduces_kd_ddim_and_rec():
     assert last[0] < 0.5 * first[0], (first, last)  # kd
     assert last[1] < 0.8 * first[1], (first, last)  # ddim
     assert last[2] < 0.5 * first[2], (first, last)  # rec
+
+
+# --- fast execution (default) vs the reference execution (fast=False, the official sequence of operations) -------
+
+
+def _train_and_eval(block, kind, student, teacher, seed):
+    block.train()
+    x = student.clone().requires_grad_(True)
+    torch.manual_seed(seed)
+    parts = block.forward_parts(x, teacher)
+    parts.total.backward()
+    out = {"kd": parts.kd, "ddim": parts.ddim, "total": parts.total, "student_grad": x.grad}
+    if parts.rec is not None:
+        out["rec"] = parts.rec
+    out.update({f"grad {n}": p.grad for n, p in block.named_parameters()})
+    out.update({f"buffer {n}": b for n, b in block.named_buffers()})
+    block.eval()
+    torch.manual_seed(seed + 1)
+    with torch.no_grad():
+        s4, t4 = (student[..., None, None], teacher[..., None, None]) if kind == "logits" else (student, teacher)
+        ev = DiffKD.forward(block, s4, t4)
+    out.update(eval_refined=ev.refined, eval_target=ev.target, eval_ddim=ev.ddim_loss, eval_gamma=ev.gamma)
+    return {k: v.detach().double() for k, v in out.items()}
+
+
+@pytest.mark.parametrize(
+    "kind,channels,shape",
+    [("feature", (16, 24), (4, 16, 5, 5)), ("logits", (10, 10), (6, 10))],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_execution_matches_the_reference_one(kind, channels, shape, dtype):
+    """Same draws, same outputs, gradients and BatchNorm buffers: to 1e-5 of each tensor's scale in float32,
+    1e-10 in float64 (only the summation order and the DDIM step's closed form differ)."""
+    torch.manual_seed(0)
+    kw = {"use_ae": True, "ae_channels": 16} if kind == "feature" else {}
+    reference = DiffKDLoss(*channels, kind=kind, fast=False, **kw).to(dtype)
+    fast = DiffKDLoss(*channels, kind=kind, **kw).to(dtype)
+    fast.load_state_dict(reference.state_dict())
+    assert fast.fast and not reference.fast
+    generator = torch.Generator().manual_seed(1)
+    student = torch.randn(shape, generator=generator, dtype=dtype)
+    teacher_shape = (shape[0], channels[1], *shape[2:])
+    teacher = torch.randn(teacher_shape, generator=generator, dtype=dtype)
+    want = _train_and_eval(reference, kind, student, teacher, seed=3)
+    got = _train_and_eval(fast, kind, student, teacher, seed=3)
+    assert set(got) == set(want)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-10
+    grads = [v for k, v in want.items() if k.startswith("grad ")]
+    g_scale = max(v.abs().max().item() for v in grads)
+    for key, expected in want.items():
+        scale = expected.abs().max().item()
+        # gradients of biases in front of a BatchNorm are rounding residuals: bounded by the whole gradient's scale
+        atol = rtol * (g_scale if key.startswith("grad ") else scale) + 1e-30
+        torch.testing.assert_close(got[key], expected, rtol=0, atol=atol, msg=lambda m, k=key: f"{kind} {k}: {m}")
+    # the fast execution returns NCHW-contiguous tensors like the reference one
+    assert got["eval_refined"].is_contiguous()
+
+
+def test_fast_flag_switches_every_pointwise_convolution_and_keeps_the_keys():
+    from tenfold.distill.diffkd import PointwiseConv2d
+
+    block = DiffKD(16, 24, kernel_size=3, use_ae=True, ae_channels=16)
+    convs = [m for m in block.modules() if isinstance(m, PointwiseConv2d)]
+    # AE 2, trans 1, denoiser 5 (2 per bottleneck + pred.2), noise adapter 2, proj 1: every 1x1 convolution
+    assert len(convs) == 11 and all(m.gemm for m in convs)
+    assert not [m for m in block.modules() if type(m) is torch.nn.Conv2d and m.kernel_size == (1, 1)]
+    block.fast = False
+    assert not any(m.gemm for m in convs)
+    assert all(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) for m in convs)
+    conv = convs[0]
+    x = torch.randn(2, conv.in_channels, 3, 3)
+    conv.gemm = True
+    fast = conv(x)
+    conv.gemm = False
+    torch.testing.assert_close(fast, conv(x), rtol=1e-6, atol=1e-6)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_ddim_coefficients_reproduce_the_diffusers_step():
+    from tenfold.distill.diffkd import ddim_coefficients
+
+    scheduler = make_ddim_scheduler(1000, 5)
+    steps = ddim_coefficients(scheduler, sampling_timesteps(scheduler))
+    assert [s.t for s in steps] == [400, 300, 200, 100, 0]
+    g = torch.Generator().manual_seed(0)
+    x, eps = (
+        torch.randn(3, 4, 2, 2, generator=g, dtype=torch.float64),
+        torch.randn(3, 4, 2, 2, generator=g, dtype=torch.float64),
+    )
+    table = scheduler.alphas_cumprod.double()
+    for step in steps:
+        abar, prev = table[step.t], (table[step.t - 100] if step.t >= 100 else torch.tensor(1.0, dtype=torch.float64))
+        x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+        want = prev.sqrt() * x0 + (1 - prev).sqrt() * eps  # DDIM, eta = 0 (spec 2.5), written independently
+        torch.testing.assert_close(step.a * x + step.b * eps, want, rtol=1e-12, atol=1e-12)
