@@ -183,7 +183,9 @@ def test_family_score_rules():
     space = replace(tiny, flops_constraint=2.0 * f0, err_base=0.1 * f0)
     assert family_score(space, base, {1: (0, 0, 0), 2: (0, 0, 0)}, lambda e: 50.0) == pytest.approx(3 + 0.5)
     space = replace(tiny, flops_constraint=f0, err_base=1e9)
-    assert family_score(space, base, {1: (0, 0, 0), 2: (1, 1, 1)}, lambda e: 40.0 + e[-1]) == pytest.approx(60.0)
+    # mean over stages 1, 2 of 40 + resolution: stage 1 index 0 -> 16 px, stage 2 index 1 -> 18 px
+    assert space.resolutions[1][0] == 16 and space.resolutions[2][1] == 18
+    assert family_score(space, base, {1: (0, 0, 0), 2: (1, 1, 1)}, lambda e: 40.0 + e[-1]) == pytest.approx(57.0)
     with pytest.raises(ValueError, match="index triple"):
         family_score(space, base, {1: None, 2: (1, 1, 1)}, lambda e: 0.0)
 

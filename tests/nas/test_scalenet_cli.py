@@ -40,11 +40,12 @@ def _argv(ckpt, out, *extra):
 
 
 def test_search_writes_results_and_resumes_after_a_kill(supernet_ckpt, tmp_path, monkeypatch):
-    real, calls = sn.evaluate_candidates, []
+    real, calls, evaluated = sn.evaluate_candidates, [], []
 
-    def counted(*args, **kwargs):
+    def counted(supernet, encodings, *args, **kwargs):
         calls.append(1)
-        return real(*args, **kwargs)
+        evaluated.extend(encodings)
+        return real(supernet, encodings, *args, **kwargs)
 
     monkeypatch.setattr(sn, "evaluate_candidates", counted)
     assert search_main(_argv(supernet_ckpt, tmp_path / "a")) == 0
@@ -55,6 +56,15 @@ def test_search_writes_results_and_resumes_after_a_kill(supernet_ckpt, tmp_path,
     assert res["family"][0]["encoding"][:-2] == res["base"] and res["evaluations"] > 0
     f0 = res["flops_constraint"]
     assert abs(res["family"][0]["flops"] - f0) <= 0.1 * f0  # the selected base is feasible
+    # with the CLI's tolerances (10 % / 20 % of F0) the search's proxy evaluations reach every scaled FLOPs level:
+    # a feasible member of stage s has 2^s F(b) +- 20 % 2^s F0 with F(b) = F0 +- 10 %, i.e. 0.7-1.3 x 2^s F0
+    space = sn.ScaleNetSpace.tiny(flops_constraint=f0)
+    per_level = [0, 0, 0]
+    for enc in evaluated:
+        ratio = sn.official_flops(space, enc) / f0
+        per_level[min(range(3), key=lambda s: abs(ratio - 2**s))] += 1
+        assert any(0.7 * 2**s <= ratio <= 1.3 * 2**s for s in (1, 2)), ratio  # only scaled members are searched
+    assert per_level[0] == 0 and min(per_level[1:]) >= 3, per_level
     for f in res["family"][1:]:
         assert (
             f["target"] == f0 * 2 ** f["stage"] and f["resolution"] in sn.ScaleNetSpace.tiny().resolutions[f["stage"]]

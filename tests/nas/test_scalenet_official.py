@@ -38,7 +38,7 @@ def _inputs(dtype: torch.dtype) -> dict[int, torch.Tensor]:
 def _tiny_net(official: dict, dtype: torch.dtype) -> ScaleNetSuperNet:
     """Our tiny super-supernet, initialised like the official one (seed 0), loaded through the checkpoint filter."""
     torch.manual_seed(0)
-    net = ScaleNetSuperNet(ScaleNetSpace.tiny())
+    net = ScaleNetSuperNet(ScaleNetSpace.tiny_spec())
     ckpt = {"step": 0, "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}
     net.load_state_dict(official_state_dict(ckpt), strict=True)
     return net.to(dtype)
@@ -75,7 +75,7 @@ OUTPUT_KEYS = ["train_A_3calls", "train_A_call4_logits", "train_B", "train_C", "
 
 def test_state_dict_keys_shapes_and_init_match_official(official):
     torch.manual_seed(0)
-    sd = ScaleNetSuperNet(ScaleNetSpace.tiny()).state_dict()
+    sd = ScaleNetSuperNet(ScaleNetSpace.tiny_spec()).state_dict()
     assert list(sd) == official["tiny_keys"]
     assert [list(v.shape) for v in sd.values()] == official["tiny_shapes"]
     keys = official["tiny_init_float_keys"]
@@ -110,7 +110,7 @@ def test_float32_forward_close_to_official(official):
 
 
 def test_sampler_matches_official_random_stream(official):
-    paper, tiny = ScaleNetSpace.paper(), ScaleNetSpace.tiny()
+    paper, tiny = ScaleNetSpace.paper(), ScaleNetSpace.tiny_spec()
     rng = random.Random(2026)
     assert [sample_subnet(paper, rng) for _ in range(20)] == official["paper_samples_seed2026"]
     rng = random.Random(5)
@@ -136,7 +136,7 @@ def test_check_basenet_scaling_and_flops_match_official(official):
     assert scaled == official["generate_subnet_out"]
     flops = torch.tensor([[official_flops(paper, e) for e in row] for row in scaled])
     assert torch.equal(flops, official["paper_flops_generated"])
-    tiny = ScaleNetSpace.tiny()
+    tiny = ScaleNetSpace.tiny_spec()
     assert torch.equal(
         torch.tensor([official_flops(tiny, s) for s in official["subnets"]]), official["tiny_flops_subnets"]
     )
@@ -156,3 +156,24 @@ def test_paper_supernet_size_matches_official(official):
     assert sd["net.backbone_stage2_0.1.conv1.weight"].shape == (258, 43, 1, 1)
     assert sd["net.backbone_conv_out_0.0.conv.weight"].shape == (1280, 845, 1, 1)
     assert sd["net.head_linear1.0.module.0.weight"].shape == (1000, 1280)
+
+
+def test_grid_search_ranking_matches_official():
+    """Official ``grid_search_scaling`` rankings (stub proxy, paper space; fixture README) equal ``grid_search``."""
+    import json
+
+    from tenfold.nas.scalenet_search import grid_search
+
+    rec = json.loads((FIXTURE.parent / "grid_official.json").read_text())
+    paper = ScaleNetSpace.paper()
+
+    def proxy(e):  # the recording's stub score of a scaled encoding
+        return float(sum(1 for o in e[:-2] if o > 0) + 2 * round(e[-2], 2) + (e[-1] % 48) / 16)
+
+    assert len(rec["cases"]) == 18
+    for case in rec["cases"]:
+        base = case["base"]
+        assert official_flops(paper, [*base, 1.0, 224]) == case["base_flops"]
+        ours = [list(idx) for _, idx in grid_search(paper, base, case["stage"], proxy)]
+        assert ours == case["ranking"], (case["stage"], case["base_flops"])
+    assert any(abs(c["base_flops"] - 306e6) > 50e6 for c in rec["cases"])  # the base-penalty rule is exercised

@@ -49,7 +49,15 @@ def test_grid_equals_bruteforce():
 
 def test_resume_equals_uninterrupted(tmp_path):
     sp = _space()
-    full = ss.search(sp, _score, tmp_path / "a.json", seed=3)
+    pops: dict[str, list] = {}
+
+    def keep(tag):
+        def cb(st):
+            pops[tag] = [list(r) for r in st["pop"]]  # the population after the latest generation
+
+        return cb
+
+    full = ss.search(sp, _score, tmp_path / "a.json", seed=3, callback=keep("full"))
 
     def stop(st):
         if st["round"] == 0 and st["gen"] == 2:
@@ -57,8 +65,11 @@ def test_resume_equals_uninterrupted(tmp_path):
 
     with pytest.raises(ss.SearchStopped):
         ss.search(sp, _score, tmp_path / "b.json", seed=3, callback=stop)
-    res = ss.search(sp, _score, tmp_path / "b.json", seed=3, resume=True)
-    assert res["topk"] == full["topk"] and res["strategy"] == full["strategy"]
+    res = ss.search(sp, _score, tmp_path / "b.json", seed=3, resume=True, callback=keep("resumed"))
+    assert pops["resumed"] == pops["full"] and len(pops["full"]) == 8  # the final population
+    for key in ("topk", "strategy", "bases", "cache", "evaluations", "round"):
+        assert res[key] == full[key], key
+    assert res["rng"] == full["rng"]
 
 
 def test_corrupt_state(tmp_path):

@@ -31,9 +31,9 @@ class _Data(pl.LightningDataModule):
 
 
 def _trainer(max_steps: int, **kw) -> pl.Trainer:
+    kw.setdefault("enable_checkpointing", False)
     return pl.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, limit_val_batches=0, enable_checkpointing=False,
-                      **kw)  # fmt: skip
+                      enable_model_summary=False, limit_val_batches=0, **kw)  # fmt: skip
 
 
 def _task() -> ScaleNetSupernetTask:
@@ -88,31 +88,46 @@ def test_unsampled_ops_get_no_gradient():
 
 
 def test_sampler_sequence_and_resume_equal_uninterrupted(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     a, b = _task(), _task()
     assert [a.sample(t) for t in range(5)] == [b.sample(t) for t in range(5)]
     assert a.sample(0) != a.sample(1)
     full = _task()
-    _trainer(6).fit(full, datamodule=_Data())
+    full_trainer = _trainer(8)
+    full_trainer.fit(full, datamodule=_Data())
 
-    class Stop(pl.Callback):
-        def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == 4:  # an epoch boundary: the plain test loader is not resumable mid-epoch
-                trainer.should_stop = True
+    class Kill(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == 5:
+                raise RuntimeError("killed")
 
+    # checkpoint at step 4 = the end of epoch 0 (4 batches): the plain test loader is not resumable mid-epoch
+    # (Lightning restarts its epoch, so a mid-epoch checkpoint would replay batches)
     part = _task()
-    trainer = _trainer(6, callbacks=[Stop()])
-    trainer.fit(part, datamodule=_Data())
-    ckpt = tmp_path / "part.ckpt"
-    trainer.save_checkpoint(ckpt)
+    ckpt_cb = ModelCheckpoint(dirpath=tmp_path, filename="step{step}", every_n_train_steps=4, save_top_k=-1)
+    with pytest.raises(RuntimeError, match="killed"):
+        _trainer(8, callbacks=[Kill(), ckpt_cb], enable_checkpointing=True).fit(part, datamodule=_Data())
+    (ckpt,) = tmp_path.glob("step*4*.ckpt")
     resumed = _task()
-    _trainer(6).fit(resumed, datamodule=_Data(), ckpt_path=ckpt)
-    # every weight (and so every sampled path, slice phase and lr) is identical; BN running statistics are not
-    # compared: no ScaleNet computation reads them (training and the proxy evaluator use batch statistics)
-    for k, v in full.named_parameters():
-        torch.testing.assert_close(dict(resumed.named_parameters())[k], v, rtol=0, atol=0, msg=k)
+    resumed_trainer = _trainer(8)
+    resumed_trainer.fit(resumed, datamodule=_Data(), ckpt_path=ckpt)
+    # every weight, every BN buffer (running statistics, batch counts), every slicing counter and the optimiser's
+    # momentum buffers equal the uninterrupted run's (steps 5-7 have a non-zero lr, so a replayed or skipped batch
+    # or a wrong slice phase would show in the weights; the last step's lr factor is 0 but its batch still moves
+    # the BN statistics and the momentum)
+    ours = resumed.state_dict()
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(ours[k], v, rtol=0, atol=0, msg=k)
+    assert any("running_var" in k for k in ours)
     assert resumed.supernet.coupling_state() == full.supernet.coupling_state()
+    mom_full = [s["momentum_buffer"] for s in full_trainer.optimizers[0].state.values() if "momentum_buffer" in s]
+    mom_res = [s["momentum_buffer"] for s in resumed_trainer.optimizers[0].state.values() if "momentum_buffer" in s]
+    assert len(mom_full) == len(mom_res) > 0
+    for x, y in zip(mom_full, mom_res, strict=True):
+        torch.testing.assert_close(y, x, rtol=0, atol=0)
     net = load_supernet(ckpt)
-    assert net.coupling_state() == part.supernet.coupling_state()
+    assert net.coupling_state() != [0] * len(net.coupling_state())  # counters restored from the checkpoint
     with pytest.raises(ValueError, match="needs the space"):
         torch.save({"step": 1, "state_dict": {}}, tmp_path / "off.pth")
         load_supernet(tmp_path / "off.pth")
@@ -219,3 +234,14 @@ def test_candidates_spread_over_two_gloo_processes(tmp_path):
     single = evaluate_candidates(net, encs, batches)
     assert r0 == r1 == pytest.approx(single, abs=1e-9)
     assert len(set(single)) > 1  # the candidates really differ, so an order mix-up would show
+
+
+def test_validation_subnet_comes_from_the_requested_scaling_stage():
+    # the tiny space's width 1.0 belongs to stages 0 and 1: the stage is read from the sampler's first draw
+    for seed in range(6):
+        enc = ScaleNetSupernetTask("tiny", seed=seed, val_stage=0).val_encoding
+        assert enc[-2:] == [1.0, 16], (seed, enc)
+        enc = ScaleNetSupernetTask("tiny", seed=seed, val_stage=2).val_encoding
+        assert enc[-2] in ScaleNetSpace.tiny().width_multipliers[2] and enc[-1] in (16, 18, 20)
+    with pytest.raises(ValueError, match="val_stage"):
+        ScaleNetSupernetTask("tiny", val_stage=3)

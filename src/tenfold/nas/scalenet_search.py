@@ -102,12 +102,22 @@ def grid_search(
     score_fn: Callable[[list[Any]], float],
     flops_fn: FlopsFn = official_flops,
 ) -> list[tuple[float, tuple[int, int, int]]]:
-    """Exhaustive grid of one scaling stage for one base: feasible (``err_scale``) strategies sorted by score."""
+    """Exhaustive grid of one scaling stage for one base (official ``grid_search_scaling``), best first.
+
+    The triples whose scaled network is feasible under ``err_scale`` (relative to the base's own FLOPs) are scored
+    by ``score_fn`` and sorted by descending score, ties in grid order (depth, then width, then resolution index).
+    As official (``eval_subnet`` with ``err = err_scale``), if the base itself is off F0 by more than ``err_scale``
+    every triple gets the base penalty ``3 + (F0 - F(b)) / F0`` instead of a proxy score, so the ranking is the grid
+    order (checked against the official code in ``tests/nas/test_scalenet_official.py``).
+    """
+    f0 = space.flops_constraint
+    f_base = flops_fn(space, [*basenet, 1.0, space.resolutions[0][0]])
+    penalty = None if abs(f0 - f_base) <= space.err_scale else 3.0 + (f0 - f_base) / f0
     rows = []
     for idx in grid_points(space, stage):
         scaled = scale_basenet(space, basenet, *scaling_values(space, stage, idx))
         if is_feasible(space, basenet, scaled, stage, space.err_scale, flops_fn):
-            rows.append((float(score_fn(scaled)), idx))
+            rows.append((float(score_fn(scaled)) if penalty is None else penalty, idx))
     return sorted(rows, key=lambda r: -r[0])
 
 

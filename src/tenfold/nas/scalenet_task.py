@@ -104,11 +104,12 @@ class ScaleNetSupernetTask(ClassifierTaskBase):
         self.init_metrics(num_classes)
 
     def _val_encoding(self, seed: int, stage: int) -> list[Any]:
-        widths = self.space.width_multipliers
+        sizes = [len(w) for w in self.space.width_multipliers]
         for k in range(10000):  # the first draw that falls in the requested stage
-            enc = sample_subnet(self.space, step_rng(seed, -1 - k))
-            if any(abs(enc[-2] - w) < 1e-6 for w in widths[stage]):
-                return enc
+            # the sampler's first draw picks the stage (widths alone may be shared by two stages, e.g. 1.0)
+            u = step_rng(seed, -1 - k).randint(0, sum(sizes) - 1)
+            if sum(sizes[:stage]) <= u < sum(sizes[: stage + 1]):
+                return sample_subnet(self.space, step_rng(seed, -1 - k))
         raise ValueError(f"no sample of scaling stage {stage} in 10000 draws")
 
     def sample(self, step: int) -> list[Any]:
