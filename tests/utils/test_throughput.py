@@ -110,3 +110,39 @@ def test_compare_throughput_alternates_and_pools_every_model():
         compare_throughput({}, (4,))
     with pytest.raises(ValueError, match="rounds"):
         compare_throughput({"a": Tagged("a")}, (4,), rounds=0)
+
+
+def test_alternate_times_alternates_runs_after_untimed_and_takes_medians(monkeypatch):
+    from tenfold.utils import throughput
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: clock["t"])
+    calls: list[str] = []
+    cost = {"a": [5.0, 1.0, 2.0, 9.0], "b": [7.0, 3.0, 3.0, 4.0]}
+
+    def step(name):
+        def run():
+            calls.append(name)
+            clock["t"] += cost[name][sum(c == name for c in calls) - 1]
+
+        return run
+
+    def after():
+        calls.append("after-a")
+        clock["t"] += 100.0  # untimed: must not enter a's times
+
+    medians = throughput.alternate_times({"a": step("a"), "b": step("b")}, rounds=3, warmup=1, after={"a": after})
+    assert calls == ["a", "after-a", "b"] * 4
+    assert medians == {"a": 2.0, "b": 3.0}  # warm-up (5, 7) dropped; medians of (1, 2, 9) and (3, 3, 4)
+    with pytest.raises(ValueError, match="rounds"):
+        throughput.alternate_times({"a": step("a")}, rounds=0)
+
+
+def test_saved_tensor_bytes_counts_saved_storages_once_and_skips_params():
+    from tenfold.utils.throughput import saved_tensor_bytes
+
+    a = torch.randn(1000, requires_grad=True)
+    nbytes, out = saved_tensor_bytes(lambda: (a.sin() + a.sin()).sum())  # sin saves its input a, twice
+    assert nbytes == 4000 and out.requires_grad
+    assert saved_tensor_bytes(lambda: a.sin().sum(), [a])[0] == 0  # a is a parameter: not counted
+    assert saved_tensor_bytes(lambda: a.exp().sum(), [a])[0] == 4000  # exp saves its (new) output

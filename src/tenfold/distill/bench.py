@@ -19,9 +19,7 @@
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -32,30 +30,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tenfold.bench import import_official, register_bench
+from tenfold.utils.throughput import alternate_times, saved_tensor_bytes
 
 REPO = "hunto/DiffKD"
 STANDALONE_FILES = ("diffkd.py", "diffkd_modules.py", "scheduling_ddim.py")
 FRAMEWORK_DIR = Path("lib/models/losses")
-
-
-def _saved_tensor_bytes(fn, params: list[torch.Tensor]) -> int:
-    """Bytes of the distinct non-parameter storages autograd saves for backward while ``fn`` runs.
-
-    A proxy of training activation memory on the CPU: each storage counts once however often it is saved, and
-    the parameters (which exist anyway) are left out.
-    """
-    skip = {p.untyped_storage().data_ptr() for p in params}
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in skip:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
 
 
 def import_official_diffkd(root: str | Path | None) -> tuple[ModuleType, str]:
@@ -164,20 +143,6 @@ def _compare_outputs(official: ModuleType, layout: str, batch: int, size: int) -
     return rows
 
 
-def _alternate(steps: dict[str, Callable[[], None]], rounds: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each step, timed one call each per round in alternation."""
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 @register_bench("diffkd", "DiffKD over KD: extra params/MACs (R34->R18 blocks) and step time ratios, ours vs official")
 def bench_diffkd(quick: bool, official: Path | None = None) -> dict[str, list[dict[str, Any]]]:
     """Measure the DiffKD blocks and KD-vs-DiffKD training steps (ResNet-34 -> ResNet-18, 224 px, batch 8, 1 thread).
@@ -259,11 +224,11 @@ def bench_diffkd(quick: bool, official: Path | None = None) -> dict[str, list[di
 
             return step
 
-        medians = _alternate({name: make_step(task) for name, task in tasks.items()}, rounds)
+        medians = alternate_times({name: make_step(task) for name, task in tasks.items()}, rounds)
         base = medians["KD (tau 4)"]
         rows = []
         for name, task in tasks.items():
-            memory = _saved_tensor_bytes(lambda t=task: t.compute_loss(images, labels), list(task.parameters()))
+            memory, _ = saved_tensor_bytes(lambda t=task: t.compute_loss(images, labels), task.parameters())
             row = {"step": name, "step (s)": medians[name], "time ratio vs KD": medians[name] / base,
                    "saved activations (MiB)": memory / 2**20}  # fmt: skip
             if off_module is not None and name != "KD (tau 4)":

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tenfold.bench import import_official, register_bench
+from tenfold.utils.throughput import alternate_times, saved_tensor_bytes
 
 #: Architectures compared (all at 224 px, window 7, 4-px patches).
 SIZES: dict[str, dict[str, Any]] = {
@@ -149,53 +150,10 @@ def saved_activation_mib(step: Callable[[], Any], model: Any) -> float:
 
     Runs ``step().backward()`` once and clears the gradients afterwards.
     """
-    import torch
-
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = step()
+    nbytes, loss = saved_tensor_bytes(step, model.parameters())
     loss.backward()
     model.zero_grad(set_to_none=True)
-    return sum(saved.values()) / 2**20
-
-
-def alternate_step_times(
-    steps: dict[str, Callable[[], Any]], models: dict[str, Any], rounds: int, warmup: int = 1
-) -> dict[str, float]:
-    """Median seconds of ``step().backward()`` per name, the names timed in turn in every round.
-
-    Args:
-        steps: name -> loss closure.
-        models: name -> module whose gradients are cleared after each pass.
-        rounds: timed passes of each (>= 1).
-        warmup: untimed passes of each first.
-
-    Raises:
-        ValueError: ``rounds`` below 1.
-    """
-    import statistics
-    import time
-
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for r in range(warmup + rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step().backward()
-            elapsed = time.perf_counter() - start
-            models[name].zero_grad(set_to_none=True)
-            if r >= warmup:
-                times[name].append(elapsed)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return nbytes / 2**20
 
 
 def _timing_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -207,7 +165,11 @@ def _timing_worker(spec: dict[str, Any]) -> dict[str, Any]:
     models = {m: b[0] for m, b in built.items()}
     steps = {m: b[1] for m, b in built.items()}
     out: dict[str, Any] = {"saved_mib": {m: saved_activation_mib(steps[m], models[m]) for m in steps}}
-    out["seconds"] = alternate_step_times(steps, models, spec["rounds"])
+    out["seconds"] = alternate_times(
+        {m: (lambda s=step: s().backward()) for m, step in steps.items()},
+        spec["rounds"],
+        after={m: (lambda mod=mod: mod.zero_grad(set_to_none=True)) for m, mod in models.items()},
+    )
     if "official" in built:
         images, um = _inputs(spec["batch"])
         with torch.no_grad():

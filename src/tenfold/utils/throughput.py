@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-__all__ = ["ThroughputResult", "compare_throughput", "measure_throughput"]
+__all__ = ["ThroughputResult", "alternate_times", "compare_throughput", "measure_throughput", "saved_tensor_bytes"]
 
 
 @dataclass
@@ -201,3 +203,60 @@ def compare_throughput(
             runs=sum(res.runs for res in results),
         )
     return out
+
+
+def alternate_times(
+    steps: dict[str, Callable[[], Any]],
+    rounds: int,
+    *,
+    warmup: int = 1,
+    after: dict[str, Callable[[], Any]] | None = None,
+) -> dict[str, float]:
+    """Median seconds per call of each step (a training step, say), the steps timed in turn in every round.
+
+    The counterpart of :func:`compare_throughput` for arbitrary closures: one call of each step per round, so a
+    change of machine load hits every step alike.
+
+    Args:
+        steps: name -> closure to time.
+        rounds: timed calls of each (>= 1).
+        warmup: untimed calls of each first.
+        after: name -> untimed closure run after each call of that step (e.g. clearing gradients).
+
+    Raises:
+        ValueError: ``rounds`` below 1 or ``warmup`` below 0.
+    """
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"rounds must be >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
+    after = after or {}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(warmup + rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            elapsed = time.perf_counter() - start
+            if name in after:
+                after[name]()
+            if r >= warmup:
+                times[name].append(elapsed)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def saved_tensor_bytes(fn: Callable[[], Any], params: Iterable[torch.Tensor] = ()) -> tuple[int, Any]:
+    """Bytes of the distinct storages autograd saves for backward while ``fn()`` runs, and ``fn()``'s result.
+
+    A proxy of training activation memory that does not depend on the allocator: each storage counts once however
+    often it is saved, and the storages of ``params`` (which exist anyway) are left out.
+    """
+    skip = {p.untyped_storage().data_ptr() for p in params}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in skip:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()
+    return sum(storages.values()), result
