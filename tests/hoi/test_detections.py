@@ -124,3 +124,98 @@ def test_bad_files(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="weights_only"):
         load_detections(tmp_path / "x.pt")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torchvision detector stage
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _detector(**kw):
+    from tenfold.hoi.detections import TorchvisionDetector
+
+    torch.manual_seed(0)
+    return TorchvisionDetector(min_size=64, max_size=96, box_score_thresh=0.0, detections_per_img=12, **kw)
+
+
+def _favour(det, category: int) -> None:
+    """Make the box classifier predict ``category`` for every proposal (random weights otherwise)."""
+    cls = det.net.roi_heads.box_predictor.cls_score
+    with torch.no_grad():
+        cls.weight.zero_()
+        cls.bias.zero_()
+        cls.bias[category] = 10.0
+
+
+def test_torchvision_detector_shapes_label_mapping_and_determinism(tmp_path):
+    from tenfold.hoi.detections import COCO_CATEGORY_IDS, coco_category_to_label
+
+    assert len(COCO_CATEGORY_IDS) == 80 and COCO_CATEGORY_IDS[0] == 1 and COCO_CATEGORY_IDS[-1] == 90
+    table = coco_category_to_label()
+    assert table[1] == 0 and table[90] == 79 and table[12] == -1 and table[0] == -1
+    det = _detector()
+    images = [torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(0)), torch.rand(3, 64, 40)]
+    for category, label in ((1, 0), (90, 79), (44, 39)):
+        _favour(det, category)
+        out = det(images)
+        assert len(out) == 2
+        for d, img in zip(out, images, strict=True):
+            assert len(d) > 0 and d.hidden_states.shape == (len(d), 1024)
+            assert (d.labels == label).all()
+            assert (d.boxes[:, 2] <= img.shape[-1] + 1e-4).all() and (d.boxes[:, 3] <= img.shape[-2] + 1e-4).all()
+            assert ((d.scores >= 0) & (d.scores <= 1)).all()
+    again = det(images)
+    assert all(torch.equal(a.boxes, b.boxes) and torch.equal(a.hidden_states, b.hidden_states)
+               for a, b in zip(out, again, strict=True))  # fmt: skip
+    _favour(det, 12)  # an id outside the 80 classes: every top detection is dropped
+    assert all(len(d) == 0 for d in det(images))
+    # local weights load strictly; nothing downloads
+    path = tmp_path / "frcnn.pth"
+    torch.save(det.net.state_dict(), path)
+    loaded = _detector(weights=str(path))
+    pairs = zip(loaded.net.state_dict().values(), det.net.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="fasterrcnn_resnet50_fpn"):
+        _detector(weights=str(tmp_path / "bad.pth"))
+    with pytest.raises(FileNotFoundError):
+        _detector(weights=str(tmp_path / "none.pth"))
+    assert not any(p.requires_grad for p in det.parameters())
+
+
+def _task(**kw):
+    from tenfold.hoi.task import HOITask
+
+    return HOITask(
+        hidden_state_size=kw.pop("hidden_state_size", 16), representation_size=16, text_encoder="random-16",
+        text_cache_dir=None, **kw,
+    )  # fmt: skip
+
+
+def test_fasterrcnn_detector_stage_feeds_the_head_when_the_batch_has_no_detections():
+    from tenfold.hoi.data import HOIItem, HOIVocabularyInfo
+    from tenfold.hoi.text import HOIVocabulary
+
+    info = HOIVocabularyInfo(
+        HOIVocabulary.from_lists(["hold"], [f"o{i}" for i in range(80)], [(0, o) for o in range(1, 80)])
+    )
+    torch.manual_seed(0)
+    kw = dict(min_size=64, max_size=96, box_score_thresh=0.0, detections_per_img=10)
+    from tenfold.hoi.data import hoi_collate
+    from tenfold.hoi.upt import HOIDetections
+
+    task = _task(detector="fasterrcnn", detector_kwargs=kw, hidden_state_size=1024, min_instances=1)
+    task.build(info)
+    task.train()
+    assert not task.detector.training and task.model.training  # the detector stays frozen in eval mode
+    assert not any(id(p) in {id(q) for q in task.trainable_modules().parameters()} for p in task.detector.parameters())
+    target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "hoi": torch.zeros(0, 3).long()}
+    images = [torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    batch = hoi_collate([HOIItem(img, target, None, i) for i, img in enumerate(images)])
+    _, dets = task.features_and_detections(batch)
+    assert [len(d) for d in dets] == [len(d) for d in task.detector(images)] and dets[0].hidden_states.shape[1] == 1024
+    task.eval()
+    out = task(batch)
+    assert len(out) == 2 and all(isinstance(o, HOIDetections) for o in out)
+    with pytest.raises(ValueError, match="no detections"):
+        _task().features_and_detections(batch)

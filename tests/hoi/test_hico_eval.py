@@ -75,3 +75,11 @@ def test_bad_input():
         matlab_evaluate([0, 1], [0], [BOX], [1.0], [0], [0], [BOX], num_classes=1)
     with pytest.raises(ValueError, match="det_class must lie"):
         upt_evaluate([0], [3], [BOX], [1.0], [0], [0], [BOX], num_classes=2)
+
+
+@pytest.mark.parametrize("evaluate", [matlab_evaluate, upt_evaluate])
+def test_no_detection_matches_any_gt_image_and_class(evaluate):
+    box = [0, 0, 10, 10, 20, 20, 30, 30]
+    # class 0 detected in image 0, but the only GT is class 1 in image 1: every AP is 0, nothing raises
+    m = evaluate([0, 0], [0, 0], [box, box], [0.9, 0.8], [1], [1], [box], num_classes=2)
+    assert m.ap.tolist() == [0.0, 0.0]

@@ -39,6 +39,7 @@ DEMO_MODULES = (
     "tenfold.seg.demo",
     "tenfold.seg.demo_prcl",
     "tenfold.nas.demo_scalenet",
+    "tenfold.hoi.demo",
 )
 
 

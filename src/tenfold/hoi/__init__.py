@@ -1,5 +1,6 @@
 """Human-object interaction: HICO-DET evaluation, the UPT-style two-stage baseline, RmLR and its text knowledge."""
 
+from tenfold.hoi.data import HOIData
 from tenfold.hoi.datasets import (
     HICODetClasses,
     HOIRecord,
@@ -12,7 +13,13 @@ from tenfold.hoi.datasets import (
     read_hicodet,
     read_vcoco,
 )
-from tenfold.hoi.detections import load_detections, noisy_gt_detections, save_detections
+from tenfold.hoi.detections import (
+    COCO_CATEGORY_IDS,
+    TorchvisionDetector,
+    load_detections,
+    noisy_gt_detections,
+    save_detections,
+)
 from tenfold.hoi.hico_eval import (
     ARANGE_THRESHOLDS,
     LINSPACE_THRESHOLDS,
@@ -25,6 +32,7 @@ from tenfold.hoi.hico_eval import (
     voc_ap_11,
 )
 from tenfold.hoi.rmlr import KnowledgeReasoning, ReMining, RmLR, RmLRLosses, TextKnowledge
+from tenfold.hoi.task import HOITask
 from tenfold.hoi.text import HOIVocabulary, SentenceTransformerEncoder, TextEncoder, build_text_knowledge
 from tenfold.hoi.upt import (
     Detections,
@@ -45,6 +53,10 @@ from tenfold.hoi.upt import (
 from tenfold.hoi.vcoco_eval import VCOCODetections, VCOCOMetrics, vcoco_agent_ap, vcoco_detections, vcoco_role_ap
 
 __all__ = [
+    "COCO_CATEGORY_IDS",
+    "HOIData",
+    "HOITask",
+    "TorchvisionDetector",
     "ARANGE_THRESHOLDS",
     "Detections",
     "HICODetClasses",

@@ -6,6 +6,9 @@ scores, labels and per-detection features. They come from a frozen detector; thi
 * :func:`noisy_gt_detections`: on built-in scenes (:func:`tenfold.data.synthetic.hoi.make_hoi` targets), the
   ground-truth boxes jittered with seeded noise, with scores, optional false positives and class-embedding features.
 * :func:`load_detections` / :func:`save_detections`: any detector's outputs as a ``.json`` or ``.pt`` file.
+* :class:`TorchvisionDetector`: torchvision's Faster R-CNN ResNet-50 FPN with weights from a local file, its labels
+  mapped to UPT's 80-class space (person = 0) and the RoI box head's 1024-d representation of each final box as
+  its feature.
 
 File layout (both formats hold the same structure)::
 
@@ -27,12 +30,25 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from tenfold.hoi.upt import Detections
 from tenfold.utils.checkpoint import atomic_write
 
-__all__ = ["load_detections", "noisy_gt_detections", "save_detections"]
+__all__ = [
+    "COCO_CATEGORY_IDS",
+    "TorchvisionDetector",
+    "coco_category_to_label",
+    "load_detections",
+    "noisy_gt_detections",
+    "save_detections",
+]
+
+#: The 80 COCO category ids (of 1..90) in order: label ``k`` of UPT's 80-class space is ``COCO_CATEGORY_IDS[k]``
+#: (person = 1 -> 0). torchvision's COCO detectors predict these ids (91 outputs, 0 = background, 11 unused ids).
+COCO_CATEGORY_IDS = (
+    *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83), *range(84, 91),
+)  # fmt: skip
 
 _REQUIRED = ("boxes", "scores", "labels")
 
@@ -219,3 +235,93 @@ def save_detections(path: str | os.PathLike, detections: Sequence[Detections]) -
             tmp.write_text(json.dumps({"images": rows}))
         else:
             torch.save({"images": images}, tmp)
+
+
+def coco_category_to_label(num_outputs: int = 91) -> Tensor:
+    """(num_outputs,) int64 table from torchvision's COCO category ids to UPT's 80 labels; -1 for unused ids."""
+    table = torch.full((num_outputs,), -1, dtype=torch.long)
+    for k, cid in enumerate(COCO_CATEGORY_IDS):
+        if cid < num_outputs:
+            table[cid] = k
+    return table
+
+
+class TorchvisionDetector(nn.Module):
+    """Frozen Faster R-CNN ResNet-50 FPN (torchvision) as the detector stage: :class:`Detections` per image.
+
+    The network is torchvision's ``fasterrcnn_resnet50_fpn`` (91 COCO outputs) built without any download; its
+    weights come from a local state dict (``torch.load(weights_only=True)``, strict). Per image: torchvision's own
+    resize, RPN and box head with its post-processing (score threshold, per-class NMS, top ``detections_per_img``);
+    labels are mapped to UPT's 80-class space (person = 0; ids outside the 80 classes are dropped); each final box is
+    RoI-pooled again from the FPN maps and passed through the box head, whose 1024-d output is the detection's
+    feature (the counterpart of DETR's decoder state). Boxes are in pixels of the input images.
+
+    Args:
+        weights: local state dict of ``fasterrcnn_resnet50_fpn`` (e.g. torchvision's
+            ``fasterrcnn_resnet50_fpn_coco-258fb6c6.pth`` already on disk); None: random weights (tests only).
+        min_size: torchvision's resize, shorter side (800).
+        max_size: longer-side limit (1333).
+        box_score_thresh: score threshold of the box head's post-processing (torchvision 0.05; UPT's proposal filter
+            applies its own 0.2 later).
+        detections_per_img: detections kept per image (100).
+
+    Raises:
+        FileNotFoundError: If ``weights`` does not exist.
+        ValueError: If the weights do not fit the network.
+    """
+
+    feature_size = 1024
+
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        *,
+        min_size: int = 800,
+        max_size: int = 1333,
+        box_score_thresh: float = 0.05,
+        detections_per_img: int = 100,
+    ) -> None:
+        super().__init__()
+        from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+        self.net = fasterrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, num_classes=91, min_size=min_size, max_size=max_size,
+            box_score_thresh=box_score_thresh, box_detections_per_img=detections_per_img,
+        )  # fmt: skip
+        if weights is not None:
+            p = Path(weights).expanduser()
+            if not p.is_file():
+                raise FileNotFoundError(f"detector weights {str(p)!r} do not exist")
+            state = torch.load(p, map_location="cpu", weights_only=True)
+            try:
+                self.net.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise ValueError(f"{p}: not a fasterrcnn_resnet50_fpn state dict ({e})") from None
+        self.register_buffer("label_map", coco_category_to_label(91), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    @torch.no_grad()
+    def forward(self, images: Sequence[Tensor]) -> list[Detections]:
+        """Detect in a list of (3, H, W) RGB images in [0, 1] (sizes may differ).
+
+        Returns:
+            One :class:`Detections` per image: boxes in input pixels, scores, labels in UPT's 80-class space and
+            1024-d features.
+        """
+        net = self.net
+        original = [tuple(img.shape[-2:]) for img in images]
+        batch, _ = net.transform(list(images))
+        feats = net.backbone(batch.tensors)
+        proposals, _ = net.rpn(batch, feats)
+        dets, _ = net.roi_heads(feats, proposals, batch.image_sizes)
+        boxes = [d["boxes"] for d in dets]
+        hidden = net.roi_heads.box_head(net.roi_heads.box_roi_pool(feats, boxes, batch.image_sizes))
+        hidden = hidden.split([len(b) for b in boxes])
+        dets = net.transform.postprocess(dets, batch.image_sizes, original)
+        out = []
+        for d, h in zip(dets, hidden, strict=True):
+            labels = self.label_map[d["labels"]]
+            keep = labels >= 0
+            out.append(Detections(d["boxes"][keep], d["scores"][keep], labels[keep], h[keep]))
+        return out

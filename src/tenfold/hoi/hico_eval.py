@@ -234,6 +234,8 @@ def _flat_best_gt(
         _iou_aligned(det_boxes[di, 4:], gt_boxes[gi, 4:], convention),
     )
     best_ov, best = _best_pair(ov, counts)
+    if len(gi) == 0:  # no detection shares an image and class with a GT row
+        return best_ov, best
     return best_ov, np.where(best >= 0, gi[np.maximum(best, 0)], -1)
 
 
