@@ -514,6 +514,29 @@ class HOIData(TrainerPositionMixin, pl.LightningDataModule):
             raise ValueError("dataset 'vcoco' needs data.init_args.coco_instances (the COCO instances json)")
         return list(reader(anno, hp.coco_instances, split="trainval" if split == "train" else "test").records())
 
+    def vcoco_ground_truth(self, split: str = "test") -> Any:
+        """The :class:`~tenfold.hoi.datasets.VCOCOData` of an evaluation split (V-COCO only; read once).
+
+        Every split other than ``train`` is the ``test`` annotation file (as :meth:`_build`); its images are in
+        the order of the split's records, so dataset index ``i`` is ``images[i]``.
+
+        Raises:
+            ValueError: If the dataset is not ``vcoco`` or ``coco_instances`` is not set.
+        """
+        if self.dataset_name != "vcoco":
+            raise ValueError(f"vcoco_ground_truth needs dataset 'vcoco', got {self.dataset_name!r}")
+        hp = self.hparams
+        if not hp.coco_instances:
+            raise ValueError("dataset 'vcoco' needs data.init_args.coco_instances (the COCO instances json)")
+        name = "train" if split == "train" else "test"
+        cache = self.__dict__.setdefault("_vcoco_gt", {})
+        if name not in cache:
+            from tenfold.hoi.datasets import read_vcoco
+
+            anno = hp.train_annotations if name == "train" else hp.test_annotations
+            cache[name] = read_vcoco(anno, hp.coco_instances, split="trainval" if name == "train" else "test")
+        return cache[name]
+
     def _targets(self, split: str) -> list[dict[str, Tensor]]:
         if self.dataset_name == "builtin":
             return self._builtin(split)[1]

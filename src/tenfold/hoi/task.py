@@ -24,6 +24,13 @@ Pipeline of one batch (:class:`~tenfold.hoi.data.HOIBatch`):
    ``val/map_rare`` and ``val/map_non_rare`` (fractions in [0, 1]; rare: fewer than ``rare_threshold`` = 10
    training pairs, counted on the data module's training split, as HICO-DET's 138 rare classes). Under DDP the
    detections of all processes are gathered before the evaluation.
+   With ``eval_protocol="vcoco"`` (the default when the data module's dataset is ``vcoco``) the task also logs
+   the V-COCO role AP, ``val/role_ap_s1`` and ``val/role_ap_s2`` (scenario 1 / 2, mean over the action-roles
+   with positives, fractions in [0, 1]): the scored pairs of each image, boxes rescaled to the original image,
+   become person-centric detections by :func:`~tenfold.hoi.vcoco_eval.pairs_to_vcoco_detections` (per human and
+   action: the best pair's score and object box) and :func:`~tenfold.hoi.vcoco_eval.vcoco_role_ap` scores them
+   against the data module's :class:`~tenfold.hoi.datasets.VCOCOData` (``HOIData.vcoco_ground_truth``). Verb k
+   of the model is action k of the V-COCO file (as ``VCOCOData.records`` labels the pairs).
 
 Optimiser (spec 3): AdamW, lr 1e-4, weight decay 1e-4, step decay x0.1 at epoch 10 of 20 (``optim``, timm names);
 gradient clipping at 0.1 is the trainer's ``gradient_clip_val`` (recipes ``configs/rmlr/``).
@@ -48,6 +55,7 @@ from tenfold.hoi.hico_eval import HOIMetrics, upt_evaluate
 from tenfold.hoi.rmlr import RmLR, TextKnowledge
 from tenfold.hoi.text import build_text_knowledge
 from tenfold.hoi.upt import Detections, HOIDetections, InteractionHead
+from tenfold.hoi.vcoco_eval import pairs_to_vcoco_detections, vcoco_role_ap
 
 __all__ = ["HOITask", "RandomTextEncoder", "ResNetBackbone", "SmallConvBackbone", "build_backbone"]
 
@@ -244,9 +252,11 @@ class HOITask(pl.LightningModule):
         rare_threshold: HOI classes with fewer training pairs are rare (10).
         image_mean: normalisation mean of the backbone input; default the data module's.
         image_std: normalisation std; default the data module's.
+        eval_protocol: ``hico`` (HOI-class mAP only) or ``vcoco`` (also the V-COCO role AP); None: ``vcoco`` when
+            the data module's dataset is ``vcoco``, else ``hico``.
 
     Raises:
-        ValueError: On an unknown backbone, detector or text encoder.
+        ValueError: On an unknown backbone, detector, text encoder or evaluation protocol.
     """
 
     def __init__(
@@ -281,10 +291,13 @@ class HOITask(pl.LightningModule):
         rare_threshold: int = 10,
         image_mean: tuple[float, float, float] | None = None,
         image_std: tuple[float, float, float] | None = None,
+        eval_protocol: Literal["hico", "vcoco"] | None = None,
     ) -> None:
         super().__init__()
         if detector not in ("data", "fasterrcnn"):
             raise ValueError(f"unknown detector {detector!r}; expected 'data' or 'fasterrcnn'")
+        if eval_protocol not in (None, "hico", "vcoco"):
+            raise ValueError(f"unknown eval_protocol {eval_protocol!r}; expected 'hico', 'vcoco' or None")
         self.save_hyperparameters(ignore=["optim"])
         self.optim = optim or OptimConfig(
             opt="adamw", lr=1e-4, weight_decay=1e-4, sched="step", decay_epochs=10, decay_rate=0.1
@@ -308,6 +321,25 @@ class HOITask(pl.LightningModule):
         self._mean = image_mean
         self._std = image_std
         self._eval_records: list[dict[str, np.ndarray]] = []
+        self.vcoco_gt: Any = None
+
+    @property
+    def eval_protocol(self) -> str:
+        """``hico`` or ``vcoco`` (the hyper-parameter, else ``vcoco`` when V-COCO ground truth is set)."""
+        return self.hparams.eval_protocol or ("vcoco" if self.vcoco_gt is not None else "hico")
+
+    def set_vcoco_ground_truth(self, gt: Any) -> None:
+        """Set the :class:`~tenfold.hoi.datasets.VCOCOData` of the evaluated split (dataset index i = image i).
+
+        Raises:
+            ValueError: If the model is built and its verbs are not the V-COCO actions in order.
+        """
+        if self.info is not None and tuple(self.info.vocabulary.verbs) != tuple(gt.actions):
+            raise ValueError(
+                f"V-COCO role AP needs the model's verbs to be the V-COCO actions in order: verbs "
+                f"{list(self.info.vocabulary.verbs)}, actions {list(gt.actions)} (see the vocabulary_file)"
+            )
+        self.vcoco_gt = gt
 
     # -- building ---------------------------------------------------------------------------------------------
     @property
@@ -354,6 +386,8 @@ class HOITask(pl.LightningModule):
             fg_iou_thresh=hp.fg_iou_thresh, alpha=hp.alpha, gamma=hp.gamma, **kwargs,
         )  # fmt: skip
         self.info, self.train_counts, self.text = info, train_counts, text
+        if self.vcoco_gt is not None:
+            self.set_vcoco_ground_truth(self.vcoco_gt)  # check the verbs against the actions
         return self.model
 
     def configure_model(self) -> None:
@@ -376,6 +410,11 @@ class HOITask(pl.LightningModule):
             )
         counts = dm.train_counts if hasattr(dm, "train_counts") else None
         self.build(dm.info, counts)
+        want = self.hparams.eval_protocol or ("vcoco" if getattr(dm, "dataset_name", None) == "vcoco" else "hico")
+        if want == "vcoco" and self.vcoco_gt is None:
+            if not hasattr(dm, "vcoco_ground_truth"):
+                raise ValueError("eval_protocol 'vcoco' needs a data module with vcoco_ground_truth (HOIData)")
+            self.set_vcoco_ground_truth(dm.vcoco_ground_truth("test"))
         if self._mean is None and hasattr(dm, "mean"):
             self._mean, self._std = tuple(dm.mean), tuple(dm.std)
 
@@ -451,7 +490,8 @@ class HOITask(pl.LightningModule):
         assert self.model is not None and self.info is not None
         table = self.info.hoi_index()
         outs = self(batch)
-        for idx, out, target in zip(batch.indices.tolist(), outs, batch.targets, strict=True):
+        sizes = batch.image_sizes.tolist()
+        for idx, out, target, size in zip(batch.indices.tolist(), outs, batch.targets, sizes, strict=True):
             out = HOIDetections(*(t.detach().cpu() for t in out))
             cls = table[out.objects, out.labels]
             keep = cls >= 0
@@ -461,12 +501,58 @@ class HOITask(pl.LightningModule):
             gt_cls = table[target["labels"].cpu()[hoi[:, 1]], hoi[:, 2]] if len(hoi) else torch.zeros(0).long()
             gtb = target["boxes"].cpu()
             gt_boxes = torch.cat([gtb[hoi[:, 0]], gtb[hoi[:, 1]]], 1).double().numpy() if len(hoi) else np.zeros((0, 8))
-            self._eval_records.append(
-                {
-                    "image": idx, "det_class": cls[keep].numpy(), "det_boxes": det_boxes,
-                    "det_scores": out.scores[keep].double().numpy(), "gt_class": gt_cls.numpy(), "gt_boxes": gt_boxes,
-                }
-            )  # fmt: skip
+            record = {
+                "image": idx, "det_class": cls[keep].numpy(), "det_boxes": det_boxes,
+                "det_scores": out.scores[keep].double().numpy(), "gt_class": gt_cls.numpy(), "gt_boxes": gt_boxes,
+            }  # fmt: skip
+            if self.eval_protocol == "vcoco":
+                record.update(self._vcoco_record(idx, out, size))
+            self._eval_records.append(record)
+
+    def _vcoco_record(self, idx: int, out: HOIDetections, size: list[float]) -> dict[str, np.ndarray]:
+        """Pairs of one image for the V-COCO conversion: boxes in original pixels, (P, K) scores (NaN: unscored).
+
+        Raises:
+            ValueError: If no V-COCO ground truth is set or the index is not one of its images.
+        """
+        gt = self.vcoco_gt
+        if gt is None:
+            raise ValueError("eval_protocol 'vcoco' needs V-COCO ground truth (set_vcoco_ground_truth or HOIData)")
+        if not 0 <= idx < len(gt.images):
+            raise ValueError(f"dataset index {idx} is not one of the {len(gt.images)} V-COCO ground-truth images")
+        ow, oh = gt.images[idx].size
+        h, w = size
+        scale = np.array([ow / w, oh / h, ow / w, oh / h])
+        boxes = out.boxes.double().numpy() * scale
+        sub, obj = out.pairing[0].numpy(), out.pairing[1].numpy()
+        pairs, inverse = np.unique(np.stack([sub, obj], 1).reshape(-1, 2), axis=0, return_inverse=True)
+        humans, pair_humans = np.unique(pairs[:, 0], return_inverse=True)
+        scores = np.full((len(pairs), len(gt.actions)), np.nan)
+        scores[inverse.reshape(-1), out.labels.numpy()] = out.scores.double().numpy()
+        return {
+            "vcoco_human_boxes": boxes[humans], "vcoco_pair_humans": pair_humans.reshape(-1),
+            "vcoco_object_boxes": boxes[pairs[:, 1]], "vcoco_pair_scores": scores,
+        }  # fmt: skip
+
+    def vcoco_role_metrics(self, records: list[dict[str, np.ndarray]]) -> dict[int, Any]:
+        """V-COCO role AP (scenario 1 and 2, :class:`~tenfold.hoi.vcoco_eval.VCOCOMetrics`) of collected records.
+
+        Only the images of ``records`` are evaluated (a subset of the ground truth: a DDP shard, a short val).
+
+        Raises:
+            ValueError: If no V-COCO ground truth is set.
+        """
+        gt = self.vcoco_gt
+        if gt is None:
+            raise ValueError("eval_protocol 'vcoco' needs V-COCO ground truth (set_vcoco_ground_truth or HOIData)")
+        records = sorted({int(r["image"]): r for r in records}.items())
+        sub = type(gt)(gt.actions, gt.roles, tuple(gt.images[i] for i, _ in records))
+        dets = pairs_to_vcoco_detections(
+            [gt.images[i].image_id for i, _ in records], [r["vcoco_human_boxes"] for _, r in records],
+            [r["vcoco_pair_humans"] for _, r in records], [r["vcoco_object_boxes"] for _, r in records],
+            [r["vcoco_pair_scores"] for _, r in records], gt.roles,
+        )  # fmt: skip
+        return {s: vcoco_role_ap(sub, dets, scenario=s) for s in (1, 2)}
 
     def evaluate_records(self, records: list[dict[str, np.ndarray]]) -> HOIMetrics:
         """UPT-protocol HICO metrics of collected per-image records (see :meth:`_eval_step`)."""
@@ -494,6 +580,9 @@ class HOITask(pl.LightningModule):
         self.log(f"{stage}/map", float(metrics.mAP), prog_bar=stage == "val")
         self.log(f"{stage}/map_rare", float(metrics.mAP_rare))
         self.log(f"{stage}/map_non_rare", float(metrics.mAP_non_rare))
+        if self.eval_protocol == "vcoco":
+            for s, m in self.vcoco_role_metrics(records).items():
+                self.log(f"{stage}/role_ap_s{s}", float(m.mAP), prog_bar=stage == "val" and s == 1)
 
     def validation_step(self, batch: HOIBatch, batch_idx: int) -> None:  # noqa: D102
         self._eval_step(batch)

@@ -30,7 +30,14 @@ import numpy as np
 
 from tenfold.hoi.datasets import VCOCOData
 
-__all__ = ["VCOCODetections", "VCOCOMetrics", "vcoco_agent_ap", "vcoco_detections", "vcoco_role_ap"]
+__all__ = [
+    "VCOCODetections",
+    "VCOCOMetrics",
+    "pairs_to_vcoco_detections",
+    "vcoco_agent_ap",
+    "vcoco_detections",
+    "vcoco_role_ap",
+]
 
 
 @dataclass(frozen=True)
@@ -277,3 +284,85 @@ def vcoco_agent_ap(gt: VCOCOData, dets: VCOCODetections, *, ovr_thresh: float = 
     ar = [(a, 0) for a in range(len(gt.actions))]
     aps, npos = _evaluate(gt, dets, ar, False, 1, ovr_thresh)
     return VCOCOMetrics(aps, npos.astype(np.int64), tuple(gt.actions))
+
+
+def pairs_to_vcoco_detections(
+    image_ids: Sequence[int],
+    human_boxes: Sequence[np.ndarray],
+    pair_humans: Sequence[np.ndarray],
+    object_boxes: Sequence[np.ndarray],
+    pair_scores: Sequence[np.ndarray],
+    roles: Sequence[Sequence[str]],
+) -> VCOCODetections:
+    """Turn per-image pairwise action scores into person-centric :class:`VCOCODetections`.
+
+    The rule (the common two-stage practice, e.g. iCAN / VSG-Net; UPT's ``cache_vcoco`` instead writes one entry
+    per (pair, action)): one detection per detected human that has at least one pair; for every action a,
+
+    * agent score = the maximum over the human's pairs of the pair's score of a (NaN if no pair scores a);
+    * for every role r of a (``roles[a][1:]``): role box = the object box of the pair with that maximum (the first
+      such pair on ties), role score = that maximum. A pair predicts an action, not a role, so every role of a
+      two-role action (e.g. ``eat``: obj, instr) gets the same best pair;
+    * actions without a role object (``roles[a] == ("agent",)``) get only the agent score (role scores NaN).
+
+    NaN pair scores mean "not predicted". Humans are identified by ``pair_humans`` (an index into the image's
+    ``human_boxes``), not by box equality.
+
+    Args:
+        image_ids: COCO image id of each image.
+        human_boxes: per image (H, 4) detected human boxes xyxy (the pixels of the ground truth).
+        pair_humans: per image (P,) index of each pair's human into ``human_boxes``.
+        object_boxes: per image (P, 4) object box of each pair.
+        pair_scores: per image (P, A) score of each pair and action (NaN = not scored).
+        roles: role names of each action, ``("agent", ...)`` as :class:`~tenfold.hoi.datasets.VCOCOData.roles`.
+
+    Returns:
+        :class:`VCOCODetections` (float64), detections ordered by image then human index.
+
+    Raises:
+        ValueError: on lists of different lengths, or arrays of the wrong shape or out-of-range human indices
+            (naming the image).
+    """
+    n = len(image_ids)
+    if not (len(human_boxes) == len(pair_humans) == len(object_boxes) == len(pair_scores) == n):
+        raise ValueError("image_ids, human_boxes, pair_humans, object_boxes and pair_scores must have equal lengths")
+    na = len(roles)
+    has_role = np.array([len(r) > 1 for r in roles], dtype=bool)
+    img, ab, ags, rb, rs = [], [], [], [], []
+    for i in range(n):
+        hb = np.asarray(human_boxes[i], dtype=np.float64).reshape(-1, 4)
+        ph = np.asarray(pair_humans[i], dtype=np.int64).reshape(-1)
+        ob = np.asarray(object_boxes[i], dtype=np.float64)
+        sc = np.asarray(pair_scores[i], dtype=np.float64)
+        p = len(ph)
+        if ob.shape != (p, 4) or sc.shape != (p, na):
+            raise ValueError(
+                f"image {i}: object_boxes must be ({p}, 4) and pair_scores ({p}, {na}), got {ob.shape}, {sc.shape}"
+            )
+        if p and (ph.min() < 0 or ph.max() >= len(hb)):
+            raise ValueError(f"image {i}: pair_humans must index the {len(hb)} human boxes")
+        for h in np.unique(ph):
+            rows = np.flatnonzero(ph == h)
+            s = sc[rows]
+            finite = np.isfinite(s)
+            best = np.argmax(np.where(finite, s, -np.inf), axis=0)  # first maximum on ties
+            top = s[best, np.arange(na)]
+            top = np.where(finite.any(axis=0), top, np.nan)
+            box = ob[rows[best]]  # (A, 4)
+            role_ok = has_role & np.isfinite(top)
+            r_s = np.full((na, 2), np.nan)
+            r_b = np.full((na, 2, 4), np.nan)
+            for j in range(2):
+                on = role_ok & np.array([len(r) > j + 1 for r in roles], dtype=bool)
+                r_s[on, j] = top[on]
+                r_b[on, j] = box[on]
+            img.append(int(image_ids[i]))
+            ab.append(hb[h])
+            ags.append(top)
+            rb.append(r_b)
+            rs.append(r_s)
+    if not img:
+        return VCOCODetections(
+            np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros((0, na)), np.zeros((0, na, 2, 4)), np.zeros((0, na, 2))
+        )
+    return VCOCODetections(np.array(img, np.int64), np.stack(ab), np.stack(ags), np.stack(rb), np.stack(rs))
