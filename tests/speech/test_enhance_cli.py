@@ -295,3 +295,28 @@ def test_channels_are_enhanced_independently():
     assert (both[0] - both[1]).abs().max() > 0.01
     with pytest.raises(ValueError, match=r"\(L,\) or \(C, L\)"):
         enhance_waveform(model, stereo[None])
+
+
+def test_keeping_freed_memory_changes_where_memory_comes_from_not_the_output(monkeypatch):
+    import tenfold.speech.enhance as enhance
+
+    torch.manual_seed(0)
+    model = TaylorSENet(**TINY).eval()
+    _, noisy = make_speech(1, seed=5, split="test", seconds=2.0)
+    x = torch.as_tensor(noisy[0], dtype=torch.float32)
+    entered = []
+    real = enhance.keep_freed_memory
+
+    def spy(*args, **kwargs):
+        entered.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(enhance, "keep_freed_memory", spy)
+    kept = enhance_waveform(model, x, chunk_seconds=1.0, overlap_seconds=0.25)
+    assert entered == [True]
+    plain = enhance_waveform(model, x, chunk_seconds=1.0, overlap_seconds=0.25, reuse_memory=False)
+    assert entered == [True]  # not entered again
+    assert torch.equal(kept, plain)
+    with real() as applied:  # glibc on Linux: the settings apply; elsewhere a no-op that says so
+        assert applied == (enhance._glibc() is not None)
+        assert torch.equal(enhance_waveform(model, x, reuse_memory=False), enhance_waveform(model, x))

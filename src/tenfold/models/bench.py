@@ -5,14 +5,29 @@ All rows come from one process: the throughput ratios compare models measured mi
 
 from __future__ import annotations
 
+import copy
 import os
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 
-from tenfold.bench import register_bench
+from tenfold.bench import import_official, register_bench
 
-__all__ = ["LIGHTVIT_PAPER", "bench_lightvit", "lightvit_flops_rows", "lightvit_port_rows", "lightvit_speed_rows"]
+__all__ = [
+    "LIGHTVIT_PAPER",
+    "bench_lightvit",
+    "import_official_lightvit",
+    "lightvit_flops_rows",
+    "lightvit_official_rows",
+    "lightvit_port_rows",
+    "lightvit_speed_rows",
+]
 
 #: The paper's table (Table 2 of 2207.05557) and README: params (M), "FLOPs" (GMACs), ImageNet top-1.
 LIGHTVIT_PAPER = {
@@ -185,19 +200,136 @@ def lightvit_port_rows(quick: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-@register_bench("lightvit", "LightViT-T/S/B params, MACs (official and true counts), CPU img/s vs PVTv2-B0 / DeiT-T")
-def bench_lightvit(quick: bool, compile: bool = False) -> dict[str, list[dict[str, Any]]]:
-    """Three tables: params and GMACs at 224, inference throughput and ratios, and ours vs a straightforward port.
+LIGHTVIT_REPO = "hunto/LightViT"
+#: Where the official classification model lives: a recursive checkout of hunto/LightViT holds
+#: hunto/image_classification_sota as its ``classification`` submodule; a checkout of the latter works too.
+_OFFICIAL_DIRS = ("classification/lib/models", "lib/models")
+# timm's registry tables: the official file registers ``lightvit_tiny/small/base`` under the names tenfold uses
+_TIMM_REGISTRY_TABLES = (
+    "_module_to_models",
+    "_model_to_module",
+    "_model_entrypoints",
+    "_model_has_pretrained",
+    "_model_default_cfgs",
+    "_model_pretrained_cfgs",
+    "_model_with_tags",
+)
 
-    The first has the paper's numbers beside ours; the second measures eager models, and also compiled ones with
-    ``compile``; the third compares this implementation with a straightforward port of the official attention.
+
+@contextmanager
+def _timm_registry_kept() -> Iterator[None]:
+    """Restore timm's model registry on exit, so importing the official file does not replace tenfold's models.
+
+    The official ``lightvit.py`` decorates its entry points with timm's ``register_model``, which overwrites the
+    registered ``lightvit_*`` names (with a warning); the official model is built from its module's functions.
     """
-    return {
-        "Params and multiply-adds at 224x224": lightvit_flops_rows(),
-        "CPU inference throughput at 224x224 (img/s); ratio = LightViT-T / baseline in the same mode": (
-            lightvit_speed_rows(quick, compile)
-        ),
-        "LightViT-T: this implementation vs a straightforward port of the official attention": lightvit_port_rows(
-            quick
-        ),
-    }
+    from timm.models import _registry as registry
+
+    saved = {name: copy.deepcopy(getattr(registry, name)) for name in _TIMM_REGISTRY_TABLES}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Overwriting lightvit_", category=UserWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)  # timm.models.layers / .registry moved
+            yield
+    finally:
+        for name, table in saved.items():
+            current = getattr(registry, name)
+            current.clear()
+            current.update(table)
+
+
+def import_official_lightvit(path: str | os.PathLike) -> ModuleType:
+    """Import the official LightViT classification module (``lib/models/lightvit.py``) from a checkout.
+
+    ``path`` is a recursive checkout of hunto/LightViT (the model is in its ``classification`` submodule,
+    hunto/image_classification_sota) or a checkout of hunto/image_classification_sota. The file is imported on
+    its own (as the top-level module ``lightvit``; its only dependencies are torch and timm), not through its
+    package, whose ``__init__`` imports every model of the framework. timm's registry is left as it was.
+
+    Raises:
+        OfficialCodeMissing: ``path`` is missing, holds neither layout, or the import fails.
+    """
+    root = Path(path).expanduser()
+    for sub in _OFFICIAL_DIRS:
+        if (root / sub / "lightvit.py").is_file():
+            root, expect = root / sub, ["lightvit.py"]
+            break
+    else:  # raises, naming the folder and the file it expected
+        expect = [f"{_OFFICIAL_DIRS[0]}/lightvit.py (git submodule update --init)"]
+    sys.modules.pop("lightvit", None)  # a module of that name imported from another folder
+    with _timm_registry_kept():
+        return import_official(root, "lightvit", repo=LIGHTVIT_REPO, expect=expect)
+
+
+def lightvit_official_rows(official: str | os.PathLike, quick: bool = False) -> list[dict[str, Any]]:
+    """LightViT-T here vs the official code on the same weights, and timm PVTv2-B0, eager, in alternating rounds.
+
+    The official model gets this implementation's (random, seeded) weights with ``strict=True``; the largest
+    logit difference on two random images is reported in every row. Threads 1 and all usable, batch 1 and 8.
+
+    Raises:
+        OfficialCodeMissing: the official code cannot be imported from ``official``.
+    """
+    import timm
+
+    import tenfold.models  # noqa: F401
+    from tenfold.utils.throughput import compare_throughput
+
+    module = import_official_lightvit(official)
+    torch.manual_seed(0)
+    ours = timm.create_model("lightvit_tiny").eval()
+    off = module.lightvit_tiny().eval()
+    off.load_state_dict(ours.state_dict(), strict=True)
+    models = {"tenfold": ours, "official": off, "pvt_v2_b0": timm.create_model("pvt_v2_b0").eval()}
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        max_diff = (ours(x) - off(x)).abs().max().item()
+    rows = []
+    for threads in sorted({1, _all_threads()}):
+        for batch in (1, 8):
+            speed = compare_throughput(models, (3, 224, 224), batch_size=batch, threads=threads,
+                                       **_rounds(quick, batch))  # fmt: skip
+            ips = {name: r.samples_per_s for name, r in speed.items()}
+            rows.append(
+                {
+                    "threads": threads,
+                    "batch": batch,
+                    "tenfold img/s": ips["tenfold"],
+                    "official img/s": ips["official"],
+                    "pvt_v2_b0 img/s": ips["pvt_v2_b0"],
+                    "tenfold / official": ips["tenfold"] / ips["official"],
+                    "tenfold / pvt_v2_b0": ips["tenfold"] / ips["pvt_v2_b0"],
+                    "max |logit diff|": max_diff,
+                }
+            )
+    return rows
+
+
+@register_bench("lightvit", "LightViT-T/S/B params, MACs (official and true counts), CPU img/s vs PVTv2-B0 / DeiT-T")
+def bench_lightvit(quick: bool, compile: bool = False, official: Path | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Params and GMACs at 224, inference throughput and ratios, ours vs a straightforward port, and the official code.
+
+    The first table has the paper's numbers beside ours; the second measures eager models, and also compiled ones
+    with ``compile``; the third compares this implementation with a straightforward port of the official
+    attention. With ``official`` (a checkout of hunto/LightViT, see :func:`import_official_lightvit`) a fourth
+    table times the official model on the same weights (:func:`lightvit_official_rows`); it is imported first, so
+    a wrong folder is reported before anything is timed.
+    """
+    tables: dict[str, list[dict[str, Any]]] = {}
+    if official is not None:
+        import_official_lightvit(official)  # fail fast: run_bench then runs the rest without it
+    tables.update(
+        {
+            "Params and multiply-adds at 224x224": lightvit_flops_rows(),
+            "CPU inference throughput at 224x224 (img/s); ratio = LightViT-T / baseline in the same mode": (
+                lightvit_speed_rows(quick, compile)
+            ),
+            "LightViT-T: this implementation vs a straightforward port of the official attention": lightvit_port_rows(
+                quick
+            ),
+        }
+    )
+    if official is not None:
+        title = "LightViT-T: this implementation vs the official code (same weights) and PVTv2-B0, eager, img/s"
+        tables[title] = lightvit_official_rows(official, quick)
+    return tables

@@ -18,15 +18,29 @@ one :meth:`~tenfold.speech.stream.TaylorSEStream.step` (one 10-ms hop) of causal
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from tenfold.bench import register_bench
+from tenfold.bench import import_official, register_bench
 
-__all__ = ["backend_rtf", "paper_style_macs", "real_time_factor", "stream_frame_times", "usable_cpus"]
+__all__ = [
+    "backend_rtf",
+    "import_official_taylorsenet",
+    "official_rtf",
+    "paper_style_macs",
+    "real_time_factor",
+    "stream_frame_times",
+    "usable_cpus",
+]
+
+TAYLORSENET_REPO = "Andong-Li-speech/TaylorSENet"
 
 
 def paper_style_macs(model: nn.Module, spec: torch.Tensor) -> dict[str, int]:
@@ -215,19 +229,111 @@ def stream_frame_times(frames: int = 200) -> list[dict[str, Any]]:
     return rows
 
 
+def import_official_taylorsenet(path: str | os.PathLike) -> ModuleType:
+    """Import ``nets/TaylorSENet.py`` from a checkout of Andong-Li-speech/TaylorSENet.
+
+    The file imports ``utils.utils`` from the repository's root, so modules of those names imported earlier (from
+    another folder) are dropped from ``sys.modules`` first.
+
+    Raises:
+        OfficialCodeMissing: ``path`` is missing, is not the repository, or the import fails.
+    """
+    for name in [m for m in sys.modules if m.split(".")[0] in ("nets", "utils")]:
+        del sys.modules[name]
+    return import_official(
+        path, "nets.TaylorSENet", repo=TAYLORSENET_REPO, expect=["nets/TaylorSENet.py", "utils/utils.py"]
+    )
+
+
+def official_rtf(
+    official: str | os.PathLike,
+    seconds: float = 10.0,
+    rounds: int = 5,
+    threads: tuple[int, ...] | None = None,
+) -> list[dict[str, Any]]:
+    """Real-time factor of the whole offline pipeline: the official network vs this one, same weights.
+
+    The official ``TaylorSENet`` is built with the paper configuration and given this implementation's (seeded,
+    random) weights with ``strict=True``; both run the same front end (:func:`~tenfold.speech.stft.stft_compress`
+    / :func:`~tenfold.speech.stft.istft_decompress`: the official solver's old-API ``torch.stft`` calls no longer
+    run), so the ratio is the networks'. Timed in alternating rounds (median of ``rounds``) at each thread count
+    (default 1 and all usable); each timed pass follows an untimed one. A third row runs this network inside
+    :func:`~tenfold.speech.enhance.keep_freed_memory` (the allocator keeps freed blocks: same outputs, no page
+    faults on the large activations), entered and left around its passes of each round. Each row also gives the
+    largest output difference from the official network, relative to its scale, on the timed input.
+
+    Raises:
+        OfficialCodeMissing: the official code cannot be imported from ``official``.
+    """
+    from contextlib import nullcontext
+
+    from tenfold.speech.enhance import keep_freed_memory
+    from tenfold.speech.stft import stft_compress
+    from tenfold.speech.taylorsenet import PAPER_CONFIG, TaylorSENet
+
+    module = import_official_taylorsenet(official)
+    torch.manual_seed(0)
+    ours = TaylorSENet().eval()
+    off_cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in PAPER_CONFIG.items()}
+    off = module.TaylorSENet(**off_cfg).eval()
+    off.load_state_dict(ours.state_dict(), strict=True)
+    wave = torch.randn(1, round(seconds * 16000), generator=torch.Generator().manual_seed(0)) * 0.1
+    kept = "tenfold eager, freed memory kept (keep_freed_memory)"
+    nets = {"official": off, "tenfold eager": ours, kept: ours}
+    contexts = {name: keep_freed_memory if name == kept else nullcontext for name in nets}
+    with torch.no_grad():
+        spec = stft_compress(wave)
+        reference = off(spec)
+        deviation = {name: float((net(spec) - reference).abs().max() / reference.abs().max())
+                     for name, net in nets.items()}  # fmt: skip
+    rows = []
+    old = torch.get_num_threads()
+    try:
+        for n in threads or tuple(sorted({1, usable_cpus()})):
+            torch.set_num_threads(n)
+            runs = {name: _pipeline(net, wave) for name, net in nets.items()}
+            times: dict[str, list[float]] = {name: [] for name in nets}
+            for r in range(rounds + 1):  # round 0 warms up
+                for name, run in runs.items():
+                    with contexts[name]():
+                        run()  # untimed: inside the context, the heap grows to the pass's needs once
+                        start = time.perf_counter()
+                        run()
+                        if r:
+                            times[name].append(time.perf_counter() - start)
+            rtf = {name: sorted(t)[len(t) // 2] / seconds for name, t in times.items()}
+            rows += [
+                {
+                    "threads": n,
+                    "network": name,
+                    "RTF": rtf[name],
+                    "speed vs official": rtf["official"] / rtf[name],
+                    "max deviation from official": deviation[name],
+                }
+                for name in nets
+            ]
+    finally:
+        torch.set_num_threads(old)
+    return rows
+
+
 @register_bench(
     "taylorsenet",
     "TaylorSENet: params, GMAC per s of audio (true, paper-style), CPU real-time factor; offline backends (eager, "
     "compile, ONNX Runtime) on 1 thread; streaming per-frame time and latency",
 )
-def bench_taylorsenet(quick: bool) -> dict[str, list[dict[str, Any]]]:
-    """Paper and small configurations, the paper model's backends, and the stream.
+def bench_taylorsenet(quick: bool, official: Path | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Paper and small configurations, the paper model's backends, the stream, and optionally the official code.
 
-    RTF on 1 thread and on all usable threads; backends: quick runs eager only, on 4 s of audio.
+    RTF on 1 thread and on all usable threads; backends: quick runs eager only, on 4 s of audio. With
+    ``official`` (a checkout of Andong-Li-speech/TaylorSENet) a last table times the official network on the same
+    weights (:func:`official_rtf`); it is imported first, so a wrong folder is reported before anything is timed.
     """
     from tenfold.speech.taylorsenet import PAPER_CONFIG, SMALL_CONFIG, TaylorSENet
     from tenfold.utils.flops import count_flops, count_parameters
 
+    if official is not None:
+        import_official_taylorsenet(official)  # fail fast: run_bench then runs the rest without it
     all_threads = usable_cpus()
     seconds = 4.0 if quick else 10.0
     rows = []
@@ -248,10 +354,14 @@ def bench_taylorsenet(quick: bool) -> dict[str, list[dict[str, Any]]]:
                 f"RTF {all_threads} threads": real_time_factor(model, seconds, all_threads, runs=2 if quick else 5),
             }
         )
-    return {
+    tables = {
         "models (eager)": rows,
         f"paper configuration, {seconds:g} s of audio, whole pipeline, 1 thread": backend_rtf(
             seconds, rounds=3 if quick else 5, backends=() if quick else ("compile", "onnx")
         ),
         "streaming (one 10-ms hop per call, 1 thread)": stream_frame_times(50 if quick else 200),
     }
+    if official is not None:
+        title = f"official network vs this one (same weights), {seconds:g} s of audio, whole pipeline"
+        tables[title] = official_rtf(official, seconds, rounds=3 if quick else 5)
+    return tables

@@ -19,8 +19,13 @@ official state dict, whose architecture is one of :data:`NAMED_CONFIGS`.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ __all__ = [
     "chunk_plan",
     "enhance_file",
     "enhance_waveform",
+    "keep_freed_memory",
     "load_enhancement_model",
     "stream_waveform",
 ]
@@ -51,6 +57,58 @@ SAMPLE_RATE = 16000
 #: Shortest last chunk (0.1 s, 11 frames): a shorter tail is merged into the previous chunk, because the STFT needs
 #: more than 160 samples and instance norms over a handful of frames are unreliable.
 MIN_CHUNK_SAMPLES = SAMPLE_RATE // 10
+
+
+logger = logging.getLogger(__name__)
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+# what they are restored to: glibc's dynamic mmap threshold tops out at 32 MiB (64-bit), the trim threshold at twice it
+_RESTORE = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 64 << 20), (_M_TOP_PAD, 128 << 10))
+
+
+def _glibc() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "mallopt") else None
+
+
+@contextmanager
+def keep_freed_memory(mmap_threshold: int = 1 << 30, top_pad: int = 256 << 20) -> Iterator[bool]:
+    """Let glibc's allocator keep freed memory for reuse instead of returning it to the system (CPU inference).
+
+    A 10-s utterance through the paper model allocates activations of 40-50 MB (64 channels x 1001 frames x
+    79-161 bins); glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh ``mmap`` pages and
+    unmaps them on free, so every pass pays their page faults again: about 15 % of the paper model's offline time
+    on one thread here. Inside this context large blocks come from the heap, which is neither trimmed nor
+    unmapped. Outputs are unchanged (only where memory comes from); the process keeps its peak heap until the
+    context ends (then the thresholds are set to glibc's largest dynamic values and the heap is trimmed).
+
+    Args:
+        mmap_threshold: blocks below this many bytes come from the heap.
+        top_pad: extra bytes requested from the system whenever the heap grows.
+
+    Yields:
+        Whether the settings apply (``False`` without glibc, e.g. on macOS, Windows or musl: then nothing changes).
+    """
+    libc = _glibc()
+    if libc is None:
+        yield False
+        return
+    applied = all(libc.mallopt(k, v) == 1 for k, v in ((_M_MMAP_THRESHOLD, mmap_threshold),
+                  (_M_TRIM_THRESHOLD, min(4 * mmap_threshold, 2**31 - 1)), (_M_TOP_PAD, top_pad)))  # fmt: skip
+    if not applied:
+        logger.debug("mallopt refused the settings; the allocator may be partly changed until the context ends")
+    try:
+        yield applied
+    finally:
+        for k, v in _RESTORE:
+            libc.mallopt(k, v)
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
 
 
 def chunk_plan(length: int, chunk: int, overlap: int, min_last: int = 1) -> list[tuple[int, int]]:
@@ -96,6 +154,7 @@ def enhance_waveform(
     chunk_seconds: float = 10.0,
     overlap_seconds: float = 1.0,
     power: float = 0.5,
+    reuse_memory: bool = True,
 ) -> Tensor:
     """Enhance a 16-kHz waveform, mono (L,) or multi-channel (C, L), in overlapping chunks; returns its shape.
 
@@ -114,6 +173,8 @@ def enhance_waveform(
         overlap_seconds: overlap of consecutive chunks, cross-faded with sin^2/cos^2 ramps (they sum to 1).
         power: compression exponent the model was trained with (a tenfold checkpoint's ``power``
             hyper-parameter; 0.5 for the official recipe).
+        reuse_memory: on the CPU, run inside :func:`keep_freed_memory` (same output, about 1.2x faster for the
+            paper model on 10-s chunks on one thread: no page faults on the large activations).
 
     Raises:
         ValueError: ``wave`` is not 1-D or 2-D, or empty, or the chunking arguments are inconsistent.
@@ -132,6 +193,17 @@ def enhance_waveform(
     c = variance_norm_scale(waves)  # (C,): one scale per channel, as per utterance officially
     normed = apply_scale(waves, c)
     shortest = cfg.n_fft // 2 + 1  # centred STFT: reflect padding of n_fft // 2 needs a longer signal
+    with keep_freed_memory() if reuse_memory and device.type == "cpu" else nullcontext():
+        out = _enhance_chunks(model, normed, plan, overlap, shortest, cfg)
+    out = apply_scale(out, c, inverse=True).cpu()
+    return out[0] if mono else out
+
+
+def _enhance_chunks(
+    model: torch.nn.Module, normed: Tensor, plan: list[tuple[int, int]], overlap: int, shortest: int, cfg: STFTConfig
+) -> Tensor:
+    """The cross-faded chunks of :func:`enhance_waveform`, still variance-normalised (C, L)."""
+    length, device = normed.shape[1], normed.device
     if length < shortest:
         padded = torch.nn.functional.pad(normed, (0, shortest - length))
         out = _enhance_normalised(model, padded, cfg)[:, :length]
@@ -146,8 +218,7 @@ def enhance_waveform(
             if i < len(plan) - 1 and overlap:
                 weight[-overlap:] = 1 - ramp
             out[:, start:end] += weight * piece
-    out = apply_scale(out, c, inverse=True).cpu()
-    return out[0] if mono else out
+    return out
 
 
 @torch.no_grad()
