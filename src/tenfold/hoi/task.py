@@ -205,10 +205,6 @@ def _text_encoder(name: str) -> Any:
     )
 
 
-def _to(d: Detections, device: torch.device) -> Detections:
-    return Detections(d.boxes.to(device), d.scores.to(device), d.labels.to(device), d.hidden_states.to(device))
-
-
 def _gather(items: list[Any]) -> list[Any]:
     """Concatenate per-process lists under DDP (every process gets all items)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -463,7 +459,7 @@ class HOITask(pl.LightningModule):
         """Backbone map of the batch and the per-image detections (from the batch or the detector)."""
         features = self.backbone(self.normalize(batch.images))
         if batch.detections is not None:
-            dets = [_to(d, features.device) for d in batch.detections]
+            dets = [d.to(features.device) for d in batch.detections]
         elif self.detector is not None:
             with torch.no_grad():
                 dets = self.detector([img[:, : int(h), : int(w)] for img, (h, w) in zip(batch.images,

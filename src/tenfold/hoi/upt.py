@@ -101,6 +101,10 @@ class Detections:
         """The detections selected by an index or boolean mask ``idx``."""
         return Detections(self.boxes[idx], self.scores[idx], self.labels[idx], self.hidden_states[idx])
 
+    def to(self, device: torch.device | str) -> Detections:
+        """The same detections on ``device``."""
+        return Detections(*(t.to(device) for t in (self.boxes, self.scores, self.labels, self.hidden_states)))
+
 
 def _limit_count(idx_all: Tensor, above: Tensor, scores: Tensor, min_n: int, max_n: int) -> Tensor:
     """Indices of one kind (humans or objects), held between ``min_n`` and ``max_n`` as UPT does.
