@@ -77,7 +77,12 @@ def clock_free_throughput(monkeypatch):
 
     def fake(models, input_shape, *, batch_size, threads, **kwargs):
         calls.append((tuple(models), batch_size, threads))
-        return {name: SimpleNamespace(samples_per_s=rates[name] * batch_size) for name in models}
+        # a compiled model ("<name> (compiled)") runs at twice its eager rate, plus 1 for tenfold's
+        def rate(name):
+            base = name.removesuffix(" (compiled)")
+            return rates[base] if base == name else 2 * rates[base] + (base == "tenfold")
+
+        return {name: SimpleNamespace(samples_per_s=rate(name) * batch_size) for name in models}
 
     monkeypatch.setattr(throughput, "compare_throughput", fake)
     return calls
@@ -107,6 +112,29 @@ def test_lightvit_official_table_same_weights_logit_diff_and_ratios(tmp_path, mo
     other = _fake_lightvit(tmp_path / "image_classification_sota", offset=0.5, layout="lib/models")
     assert mb.import_official_lightvit(other).__file__.startswith(str(other))
     assert str(other / "lib" / "models") not in sys.path
+
+
+def test_lightvit_official_table_compiled_columns(tmp_path, monkeypatch, clock_free_throughput):
+    import tenfold.models.bench as mb
+
+    compiled_per_threads = []
+
+    def fake_compiled(models):  # one fresh set of compiled wrappers per thread setting, for all three models
+        compiled_per_threads.append(tuple(models))
+        return {f"{name} (compiled)": model for name, model in models.items()}
+
+    monkeypatch.setattr(mb, "_all_threads", lambda: 2)
+    monkeypatch.setattr(mb, "_compiled", fake_compiled)
+    rows = mb.lightvit_official_rows(_fake_lightvit(tmp_path / "LightViT", offset=0.25), quick=True, compile=True)
+    assert compiled_per_threads == [("tenfold", "official", "pvt_v2_b0")] * 2
+    names = ("tenfold", "official", "pvt_v2_b0")
+    assert [c[0] for c in clock_free_throughput] == [(*names, *(f"{n} (compiled)" for n in names))] * 4
+    for row in rows:
+        assert row["tenfold compiled img/s"] == 7.0 * row["batch"]
+        assert row["tenfold compiled / official"] == pytest.approx(7.0 / 2.0)  # over the official code as released
+        assert row["tenfold compiled / official compiled"] == pytest.approx(7.0 / 4.0)
+        assert row["tenfold compiled / pvt_v2_b0 compiled"] == pytest.approx(7.0 / 3.0)
+        assert row["tenfold / official"] == pytest.approx(1.5)  # the eager columns are unchanged
 
 
 def test_lightvit_official_missing_is_skipped_naming_the_folder(tmp_path, monkeypatch, capsys):

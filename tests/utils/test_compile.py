@@ -56,3 +56,21 @@ def test_lazy_fallback_keeps_the_models_parameters():
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(lazy(x), model(x))
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freezing_bakes_in_the_weights_and_can_be_switched_off(freeze):
+    torch.manual_seed(0)
+    model = _Small()
+    x = torch.randn(2, 3, 8, 8)
+    fast = compile_for_inference(model, x, freeze=freeze)
+    with torch.inference_mode():
+        before = model(x)
+        torch.testing.assert_close(fast(x), before, rtol=1e-5, atol=1e-5)
+        model.conv.weight.mul_(2.0)  # weight updates after compiling
+        model.fc.weight.mul_(3.0)
+        after = model(x)
+        got = fast(x)
+    assert (after - before).abs().max() > 0.1
+    # frozen: the graph runs on the folded / packed copies made when compiling; unfrozen: on the live parameters
+    torch.testing.assert_close(got, before if freeze else after, rtol=1e-5, atol=1e-5)

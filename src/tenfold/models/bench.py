@@ -261,11 +261,17 @@ def import_official_lightvit(path: str | os.PathLike) -> ModuleType:
         return import_official(root, "lightvit", repo=LIGHTVIT_REPO, expect=expect)
 
 
-def lightvit_official_rows(official: str | os.PathLike, quick: bool = False) -> list[dict[str, Any]]:
-    """LightViT-T here vs the official code on the same weights, and timm PVTv2-B0, eager, in alternating rounds.
+def lightvit_official_rows(
+    official: str | os.PathLike, quick: bool = False, compile: bool = False
+) -> list[dict[str, Any]]:
+    """LightViT-T here vs the official code on the same weights, and timm PVTv2-B0, in alternating rounds.
 
     The official model gets this implementation's (random, seeded) weights with ``strict=True``; the largest
-    logit difference on two random images is reported in every row. Threads 1 and all usable, batch 1 and 8.
+    logit difference on two random images is reported in every row. Threads 1 and all usable, batch 1 and 8. Eager
+    always; with ``compile`` the three models are also timed compiled (:func:`compile_for_inference`, with
+    inductor's freezing, the official model too) in the same alternation, and each row adds the compiled
+    throughputs and ``tenfold compiled / X`` ratios: over the official code as released (eager), over the official
+    code compiled the same way, and over PVTv2-B0 compiled (the same mode).
 
     Raises:
         OfficialCodeMissing: the official code cannot be imported from ``official``.
@@ -286,22 +292,34 @@ def lightvit_official_rows(official: str | os.PathLike, quick: bool = False) -> 
         max_diff = (ours(x) - off(x)).abs().max().item()
     rows = []
     for threads in sorted({1, _all_threads()}):
+        timed = {**models, **(_compiled(models) if compile else {})}
         for batch in (1, 8):
-            speed = compare_throughput(models, (3, 224, 224), batch_size=batch, threads=threads,
+            speed = compare_throughput(timed, (3, 224, 224), batch_size=batch, threads=threads,
                                        **_rounds(quick, batch))  # fmt: skip
             ips = {name: r.samples_per_s for name, r in speed.items()}
-            rows.append(
-                {
-                    "threads": threads,
-                    "batch": batch,
-                    "tenfold img/s": ips["tenfold"],
-                    "official img/s": ips["official"],
-                    "pvt_v2_b0 img/s": ips["pvt_v2_b0"],
-                    "tenfold / official": ips["tenfold"] / ips["official"],
-                    "tenfold / pvt_v2_b0": ips["tenfold"] / ips["pvt_v2_b0"],
-                    "max |logit diff|": max_diff,
-                }
-            )
+            row = {
+                "threads": threads,
+                "batch": batch,
+                "tenfold img/s": ips["tenfold"],
+                "official img/s": ips["official"],
+                "pvt_v2_b0 img/s": ips["pvt_v2_b0"],
+                "tenfold / official": ips["tenfold"] / ips["official"],
+                "tenfold / pvt_v2_b0": ips["tenfold"] / ips["pvt_v2_b0"],
+            }
+            if compile:
+                fast = ips["tenfold (compiled)"]
+                row.update(
+                    {
+                        "tenfold compiled img/s": fast,
+                        "official compiled img/s": ips["official (compiled)"],
+                        "pvt_v2_b0 compiled img/s": ips["pvt_v2_b0 (compiled)"],
+                        "tenfold compiled / official": fast / ips["official"],
+                        "tenfold compiled / official compiled": fast / ips["official (compiled)"],
+                        "tenfold compiled / pvt_v2_b0 compiled": fast / ips["pvt_v2_b0 (compiled)"],
+                    }
+                )
+            row["max |logit diff|"] = max_diff
+            rows.append(row)
     return rows
 
 
@@ -312,8 +330,8 @@ def bench_lightvit(quick: bool, compile: bool = False, official: Path | None = N
     The first table has the paper's numbers beside ours; the second measures eager models, and also compiled ones
     with ``compile``; the third compares this implementation with a straightforward port of the official
     attention. With ``official`` (a checkout of hunto/LightViT, see :func:`import_official_lightvit`) a fourth
-    table times the official model on the same weights (:func:`lightvit_official_rows`); it is imported first, so
-    a wrong folder is reported before anything is timed.
+    table times the official model on the same weights (:func:`lightvit_official_rows`; with ``compile``, eager
+    and compiled); it is imported first, so a wrong folder is reported before anything is timed.
     """
     tables: dict[str, list[dict[str, Any]]] = {}
     if official is not None:
@@ -330,6 +348,7 @@ def bench_lightvit(quick: bool, compile: bool = False, official: Path | None = N
         }
     )
     if official is not None:
-        title = "LightViT-T: this implementation vs the official code (same weights) and PVTv2-B0, eager, img/s"
-        tables[title] = lightvit_official_rows(official, quick)
+        mode = "eager and compiled" if compile else "eager"
+        title = f"LightViT-T: this implementation vs the official code (same weights) and PVTv2-B0, {mode}, img/s"
+        tables[title] = lightvit_official_rows(official, quick, compile)
     return tables
