@@ -33,6 +33,18 @@ FAST = [
 ]  # fmt: skip
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``-n 2``, see pyproject's addopts) each worker computes on one torch thread.
+
+    The workers already fill the cores, so a second thread per worker would only oversubscribe them. A test that
+    needs another count sets it and restores it (``one_thread`` and the thread tests do so).
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def shared_path(relative: str) -> Path:
     """A file or folder of the project's shared data (``../shared``: specs' key lists, NAS benchmark tables).
 

@@ -77,6 +77,7 @@ def clock_free_throughput(monkeypatch):
 
     def fake(models, input_shape, *, batch_size, threads, **kwargs):
         calls.append((tuple(models), batch_size, threads))
+
         # a compiled model ("<name> (compiled)") runs at twice its eager rate, plus 1 for tenfold's
         def rate(name):
             base = name.removesuffix(" (compiled)")
