@@ -8,7 +8,14 @@ import pytest
 import torch
 from timm.layers import Mlp
 
-from tenfold.mim.attention import GreenSwinBlock, GroupWindowAttention, gelu_mlp_recompute
+from tenfold.mim.attention import (
+    FEW_ROWS,
+    LARGE_WEIGHT,
+    GreenSwinBlock,
+    GroupWindowAttention,
+    few_rows_linear,
+    gelu_mlp_recompute,
+)
 from tenfold.mim.bench import saved_activation_mib
 from tenfold.mim.encoder import GreenSwin, GreenSwinConfig
 from tenfold.mim.grouping import build_grouping
@@ -123,3 +130,35 @@ def test_recomputing_mlp_saves_exactly_the_gelu_outputs(one_thread):
         2 * visible_units * 16 // 4**i * 4 * (16 * 2**i) * 4 * depth for i, depth in enumerate(SMALL.depths)
     )
     assert saved[False] - saved[True] == pytest.approx(gelu_bytes / 2**20, rel=1e-9)
+
+
+def test_few_rows_linear_equals_the_layer_with_gradients():
+    """The transposed product for few rows and a large weight: the layer's values and gradients (float64)."""
+    torch.manual_seed(0)
+    big = torch.nn.Linear(1024, LARGE_WEIGHT // 1024).double()
+    x = torch.randn(2, FEW_ROWS // 2, 1024, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, FEW_ROWS // 2, big.out_features, dtype=torch.float64)
+    ref = big(x)
+    ref_grads = torch.autograd.grad(ref, [x, *big.parameters()], g)
+    out = few_rows_linear(big, x)
+    assert "FewRows" in type(out.grad_fn).__name__  # the fast path ran
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    for a, b in zip(torch.autograd.grad(out, [x, *big.parameters()], g), ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    # more rows, or a small weight: the layer itself
+    assert "FewRows" not in type(few_rows_linear(big, torch.randn(FEW_ROWS + 1, 1024).double()).grad_fn).__name__
+    assert "FewRows" not in type(few_rows_linear(torch.nn.Linear(16, 8), torch.randn(3, 16)).grad_fn).__name__
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_visible_patch_embedding_equals_embedding_everything_then_dropping(per_sample):
+    """Projecting and normalising only the visible patches = the full patch embedding, masked tokens dropped."""
+    torch.manual_seed(0)
+    enc = GreenSwin(SMALL).double()
+    images = torch.randn(2, 3, 96, 96, dtype=torch.float64)
+    mask = random_unit_mask(2, 36, 0.75, per_sample=per_sample, generator=torch.Generator().manual_seed(4)).mask
+    visible = units_to_tokens(~mask.bool(), enc.unit_grid, tuple(enc.patch_embed.grid_size))
+    visible = visible[:1] if not per_sample else visible
+    full = enc.patch_embed(images)
+    ref = full[:, visible[0]] if not per_sample else full[visible].view(2, -1, full.shape[-1])
+    torch.testing.assert_close(enc._embed_visible(images, visible), ref, atol=1e-12, rtol=1e-12)

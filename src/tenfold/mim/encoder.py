@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from timm.layers import PatchEmbed, trunc_normal_
 from torch import Tensor, nn
 
-from tenfold.mim.attention import GreenSwinBlock
+from tenfold.mim.attention import GreenSwinBlock, few_rows_linear
 from tenfold.mim.grouping import Grouping, GroupSizeRule, build_grouping
 from tenfold.mim.masking import units_to_tokens
 
@@ -43,7 +44,9 @@ class GreenSwinConfig:
         norm_eps: LayerNorm epsilon (1e-6 in all official pre-training configs; GreenMIM's decoder norms use it too).
         group_size_rule: ``min_feasible`` (official) or ``search`` (the paper's optimal grouping), see
             :func:`tenfold.mim.grouping.choose_group_size`.
-        fused_attn: scaled-dot-product attention kernel instead of the explicit softmax.
+        fused_attn: scaled-dot-product attention kernel instead of the explicit softmax, where attention needs the
+            official mask (``exact_mask``) or dropout; the default path (zero-weight mask, no attention dropout) uses
+            neither (:meth:`tenfold.mim.attention.GroupWindowAttention.forward_tokens`).
         exact_mask: the official additive -100 mask between windows. False (default): blocked pairs get softmax
             weight exactly 0 instead of about e^-100; the official weights are denormal floats, which make CPU
             matmuls up to 50x slower, and they change no float32 (or float64) result unless a blocked logit
@@ -139,7 +142,7 @@ class VisiblePatchMerging(nn.Module):
             x = x.index_select(1, perm[0])
         else:
             x = x.gather(1, perm.unsqueeze(-1).expand(-1, -1, c))
-        x = self.reduction(self.norm(x.reshape(b, n // 4, 4 * c)))
+        x = few_rows_linear(self.reduction, self.norm(x.reshape(b, n // 4, 4 * c)))
         return x, (cells > 0).reshape(s, -1)
 
 
@@ -307,6 +310,25 @@ class GreenSwin(nn.Module):
         """Parameter-name patterns without weight decay (Swin's bias tables)."""
         return {"*relative_position_bias_table"}
 
+    def _embed_visible(self, x: Tensor, visible: Tensor) -> Tensor:
+        """``patch_embed`` on the visible patches only: (B, 3, H, W) images -> (B, N_vis, C), raster order.
+
+        The patch convolution (kernel = stride = patch) is a linear map of each patch's pixels, so only the visible
+        patches are gathered and projected, and only their tokens are normalised: the same values as embedding all
+        patches and then dropping the masked tokens (float rounding aside), at a quarter of the cost, without the
+        full-map layout copies.
+        """
+        b, c = x.shape[:2]
+        p, (gh, gw) = self.patch_size, self.patch_embed.grid_size
+        cells = x.view(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c, p, p)
+        if visible.shape[0] == 1:
+            cells = cells[:, visible[0]]
+        else:
+            cells = cells[visible].view(b, -1, c, p, p)
+        proj = self.patch_embed.proj
+        x = F.linear(cells.flatten(2), proj.weight.flatten(1), proj.bias)
+        return self.patch_embed.norm(x)
+
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Encode the visible part of images.
 
@@ -341,19 +363,15 @@ class GreenSwin(nn.Module):
                     f"mask row {row} removes all {self.num_units} units: at least one unit must stay visible "
                     f"(1/True = removed, 0/False = visible)"
                 )
-        x = self.pos_drop(self.patch_embed(x))
-        n = x.shape[1]
-        grid = self.patch_embed.grid_size
+        grid = tuple(self.patch_embed.grid_size)
         if mask is None:
-            visible = torch.ones(1, n, dtype=torch.bool, device=x.device)
+            x = self.pos_drop(self.patch_embed(x))
+            visible = torch.ones(1, x.shape[1], dtype=torch.bool, device=x.device)
         else:
             if mask.shape[0] > 1 and bool((mask == mask[:1]).all()):
                 mask = mask[:1]  # one grouping serves the batch
-            visible = units_to_tokens(~mask, self.unit_grid, tuple(grid))
-            if visible.shape[0] == 1:
-                x = x[:, visible[0]]
-            else:
-                x = x[visible].view(b, -1, x.shape[-1])
+            visible = units_to_tokens(~mask, self.unit_grid, grid)
+            x = self.pos_drop(self._embed_visible(x, visible))
         for layer in self.layers:
             x, visible = layer(x, visible)
         return self.norm(x)
