@@ -97,7 +97,9 @@ def compile_for_inference(
     The price: **the compiled model works on copies of the weights it was compiled with** (folded and packed ones;
     whether a later change of a parameter is seen is undefined): after changing weights (a training step,
     ``load_state_dict``) compile again, or pass ``freeze=False``. Calls with autograd enabled compile a separate,
-    unfrozen graph.
+    unfrozen graph. Freezing is not faster for every model (TaylorSENet's compiled backend turns it off: slower
+    there); and torch's compile cache does not key on it, so compiling the same model object again with the other
+    setting in one process reuses the first graphs unless ``torch._dynamo.reset()`` is called in between.
 
     Args:
         model: the network. It is switched to eval mode (inference semantics for BatchNorm / dropout).
