@@ -171,7 +171,10 @@ class CausalConvTranspose2d(nn.ConvTranspose2d):
         if kt > 1:
             x = nn.functional.pad(x, (0, 0, kt - 1, 0))
         taps = nn.functional.conv2d(x, kernel).view(b, kf, cout, t, f)
-        out = self.bias.view(1, cout, 1, 1).expand(b, cout, t, 2 * (f - 1) + kf).clone()
+        # the output buffer is allocated from the activations and the bias copied in, not cloned from the expanded
+        # bias: a compiler that freezes the weights would turn that clone into a full-size constant read every call
+        out = taps.new_empty(b, cout, t, 2 * (f - 1) + kf)
+        out.copy_(self.bias.view(1, cout, 1, 1).expand_as(out))
         for j in range(kf):
             out[..., j : j + 2 * f - 1 : 2] += taps[:, j]
         return out
